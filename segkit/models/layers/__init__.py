@@ -1,0 +1,18 @@
+"""Small building blocks: conv blocks, ASPP, upsamplers."""
+from segkit.models.layers.aspp import ASPP, ASPPPooling, aspp_rates
+from segkit.models.layers.conv import ConvNormAct, DoubleConv, SeparableConvNormAct
+from segkit.models.layers.upsample import (
+    UPSAMPLERS,
+    ConvTransposeUpsample,
+    InterpolateUpsample,
+    PixelShuffleUpsample,
+    ResizeConvUpsample,
+    bilinear_kernel,
+    upsampler_factory,
+)
+
+__all__ = [
+    "ASPP", "ASPPPooling", "aspp_rates", "ConvNormAct", "DoubleConv", "SeparableConvNormAct", "UPSAMPLERS",
+    "ConvTransposeUpsample", "InterpolateUpsample", "PixelShuffleUpsample", "ResizeConvUpsample",
+    "bilinear_kernel", "upsampler_factory",
+]

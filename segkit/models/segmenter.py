@@ -1,0 +1,78 @@
+"""The one generic segmentation model: encoder -> decoder -> 1x1 classifier -> logits at the input size."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segkit.analysis.shapes import ShapeError
+from segkit.models.layers.conv import ConvNormAct
+
+
+class FCNHead(nn.Sequential):
+    """Auxiliary head (torchvision's ``FCNHead``): 3x3 conv to ``in/4`` channels, dropout, 1x1 classifier."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        mid = in_channels // 4
+        super().__init__(ConvNormAct(in_channels, mid, 3), nn.Dropout(dropout), nn.Conv2d(mid, num_classes, 1))
+
+
+class Segmenter(nn.Module):
+    """Holds the only ``forward`` of every segkit architecture.
+
+    ``forward(x)`` returns logits ``(N, num_classes, H, W)`` at the input size. ``forward_with_aux(x)`` also
+    returns the auxiliary head's logits (``None`` without one); training uses it.
+    ``logits_upsampler`` (any segkit upsampler, called with the input size) brings coarse logits to full size;
+    ``None`` means bilinear interpolation.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, num_classes: int,
+                 aux_head: Optional[nn.Module] = None, aux_index: int = -2,
+                 logits_upsampler: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.head = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        self.aux_head = aux_head
+        self.aux_index = aux_index
+        self.logits_upsampler = logits_upsampler
+        self.num_classes = num_classes
+        self.in_channels = int(encoder.in_channels)
+        self.size_divisor = int(max(encoder.reductions))
+        self.resize_logits = int(decoder.out_reduction) != 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_aux(x)[0]
+
+    def forward_with_aux(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected an image batch of shape (N, {self.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}; set the model's in_channels to match your images")
+        size = [x.shape[-2], x.shape[-1]]
+        features = self.encoder(x)
+        try:
+            logits = self.head(self.decoder(features, size))
+            if self.resize_logits:
+                logits = self._upsample_logits(logits, size)
+        except ShapeError as exc:
+            raise ShapeError(f"input size {size[0]}x{size[1]}: {exc} Sizes divisible by {self.size_divisor} "
+                             f"always work; nearest: {self.nearest_size(size)}.") from None
+        aux: Optional[torch.Tensor] = None
+        if self.aux_head is not None:
+            aux = F.interpolate(self.aux_head(features[self.aux_index]), size=size, mode="bilinear",
+                                align_corners=False)
+        return logits, aux
+
+    def _upsample_logits(self, logits: torch.Tensor, size: List[int]) -> torch.Tensor:
+        if self.logits_upsampler is not None:
+            return self.logits_upsampler(logits, size)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def nearest_size(self, size: List[int]) -> List[int]:
+        d = self.size_divisor
+        return [max(d, int(round(s / d)) * d) for s in size]
