@@ -1,0 +1,96 @@
+"""Receptive fields: theoretical for a layer stack, empirical (input-gradient support) for any model's stages."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from segkit.analysis.shapes import effective_kernel_size
+
+Layer = Tuple[int, int, int]  # (kernel_size, stride, dilation)
+
+
+def receptive_field(layers: Iterable[Layer]) -> Tuple[int, int]:
+    """Theoretical receptive field and jump (cumulative stride) of stacked layers.
+
+    Each layer adds ``(k_eff - 1) * jump`` with ``k_eff = d(k-1)+1``: stacked dilated 3x3 convs with rates
+    1, 2, 4 give ``1 + 2 + 4 + 8 = 15``.
+    """
+    rf, jump = 1, 1
+    for kernel, stride, dilation in layers:
+        rf += (effective_kernel_size(kernel, dilation) - 1) * jump
+        jump *= stride
+    return rf, jump
+
+
+def layers_of(module: nn.Module) -> List[Layer]:
+    """The (kernel, stride, dilation) of the convs and pools of a *sequential* stack, in order."""
+    out: List[Layer] = []
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s = m.kernel_size, m.stride
+            d = getattr(m, "dilation", 1)
+            first = lambda v: v[0] if isinstance(v, tuple) else v  # noqa: E731
+            out.append((first(k), first(s), first(d)))
+    return out
+
+
+def empirical_receptive_field(model: nn.Module, modules: Dict[str, nn.Module], input_size: Sequence[int] = (257, 257),
+                              in_channels: Optional[int] = None) -> Dict[str, Dict[str, int]]:
+    """For each named module, the extent (height, width) of input pixels whose gradient is non-zero for the
+    centre output pixel of that module's output, and the output's stride relative to the input.
+
+    Runs in eval mode in float64 with all-ones input so that no ReLU path is switched off by chance.
+    """
+    in_channels = in_channels or int(getattr(model, "in_channels", 3))
+    was_training = model.training
+    model = model.double().eval()
+    outputs: Dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=name: outputs.__setitem__(n, o))
+             for name, m in modules.items()]
+    results: Dict[str, Dict[str, int]] = {}
+    try:
+        for name in modules:
+            x = torch.ones(1, in_channels, *input_size, dtype=torch.float64, requires_grad=True)
+            outputs.clear()
+            model(x)
+            y = outputs[name]
+            if isinstance(y, (list, tuple)):
+                y = y[-1]
+            h, w = y.shape[-2:]
+            y[..., h // 2, w // 2].abs().sum().backward()
+            support = (x.grad[0].abs().sum(0) > 0).nonzero()
+            if len(support) == 0:
+                results[name] = {"height": 0, "width": 0, "stride": input_size[0] // max(h, 1)}
+                continue
+            extent = support.max(0).values - support.min(0).values + 1
+            results[name] = {"height": int(extent[0]), "width": int(extent[1]),
+                             "stride": round(input_size[0] / h)}
+    finally:
+        for hk in hooks:
+            hk.remove()
+        model.float().train(was_training)
+    return results
+
+
+def model_stages(model: nn.Module) -> Dict[str, nn.Module]:
+    """Stages worth reporting for a segkit Segmenter: encoder stages, ASPP branches, decoder, head."""
+    stages: Dict[str, nn.Module] = {}
+    enc = model.encoder
+    names = [n for n in ("conv1", "layer1", "layer2", "layer3", "layer4") if hasattr(enc, n)]
+    if names:
+        for n in names:
+            stages[f"encoder.{n}"] = getattr(enc, n)
+    elif hasattr(enc, "stages"):
+        for i, stage in enumerate(enc.stages):
+            stages[f"encoder.stage{i}"] = stage
+    aspp = getattr(model.decoder, "aspp", None)
+    if aspp is not None:
+        for i, branch in enumerate(aspp.branches):
+            label = "1x1" if i == 0 else ("pool" if i == len(aspp.branches) - 1 and len(aspp.branches) > len(
+                aspp.rates) + 1 else f"rate{aspp.rates[i - 1]}")
+            stages[f"aspp.{label}"] = branch
+    stages["decoder"] = model.decoder
+    stages["head"] = model.head
+    return stages

@@ -1,0 +1,71 @@
+"""Validate a whole dataset up front: every image/mask pair of every split, with a summary."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Dict, List
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from segkit.config import check_targets
+from segkit.data.io import DataError
+
+
+def check_dataset(datamodule: Any, splits=("train", "val", "test")) -> Dict[str, Any]:
+    """Read every sample (without augmentation); collect sizes, class pixel counts and every problem found."""
+    report: Dict[str, Any] = {"splits": {}, "problems": []}
+    pixels = np.zeros(datamodule.num_classes + 1, dtype=np.int64)  # last bin: ignore_index
+    for split in splits:
+        try:
+            samples = datamodule.source.samples(split)
+        except DataError as exc:
+            report["problems"].append(f"{split}: {exc}")
+            continue
+        if not samples:
+            if split != "test":
+                report["problems"].append(f"{split}: the split is empty")
+            continue
+        from segkit.data.dataset import SegmentationDataset
+
+        dataset = SegmentationDataset(samples, datamodule.num_classes, datamodule.ignore_index, None,
+                                      getattr(datamodule.source, "label_map", None))
+        sizes: Counter = Counter()
+        ok = 0
+        for i in range(len(dataset)):
+            try:
+                image, mask = dataset.load(i)
+            except DataError as exc:
+                report["problems"].append(f"{split}: {exc}")
+                continue
+            ok += 1
+            sizes[f"{image.shape[1]}x{image.shape[0]}"] += 1
+            valid = mask != datamodule.ignore_index
+            pixels[: datamodule.num_classes] += np.bincount(mask[valid], minlength=datamodule.num_classes)
+            pixels[-1] += int((~valid).sum())
+        report["splits"][split] = {"images": len(dataset), "readable": ok, "sizes": dict(sizes.most_common(5))}
+    total = max(int(pixels.sum()), 1)
+    report["class_pixel_frequency"] = {name: round(int(n) / total, 6)
+                                       for name, n in zip(datamodule.class_names, pixels[:-1])}
+    report["ignored_pixel_fraction"] = round(int(pixels[-1]) / total, 6)
+    return report
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    lines: List[str] = []
+    for split, info in report["splits"].items():
+        lines.append(f"{split}: {info['readable']}/{info['images']} readable; sizes {info['sizes']}")
+    lines.append("class pixel frequency: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                                         report["class_pixel_frequency"].items()))
+    lines.append(f"ignored pixels: {report['ignored_pixel_fraction']:.4f}")
+    problems = report["problems"]
+    lines.append(f"{len(problems)} problem(s) found" + (":" if problems else ""))
+    lines += [f"  - {p}" for p in problems]
+    return "\n".join(lines)
+
+
+def check_data(cfg: DictConfig) -> Dict[str, Any]:
+    check_targets(cfg, cfg.get("allowed_targets") or ())
+    report = check_dataset(instantiate(cfg.data))
+    print(format_report(report))
+    return report

@@ -1,0 +1,62 @@
+"""mIoU, per-class IoU and pixel accuracy: hand-computed cases and scikit-learn's confusion matrix."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix
+
+from segkit.metrics import segmentation_metrics, summarize
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def run(preds, targets, num_classes=4, ignore_index=255):
+    m = segmentation_metrics(num_classes, ignore_index, confusion_matrix=True)
+    for p, t in zip(preds, targets):
+        m.update(torch.as_tensor(p), torch.as_tensor(t))
+    return summarize(m.compute(), NAMES[:num_classes])
+
+
+def test_hand_computed_with_absent_class_and_ignore():
+    pred = [[0, 0, 1, 1, 2, 0]]
+    true = [[0, 255, 1, 0, 2, 2]]
+    s = run([pred], [true])
+    # class 0: tp=1 (pos 0), fp=1 (pos 5), fn=1 (pos 3) -> 1/3 ; ignored pos 1 excluded
+    # class 1: tp=1, fp=1 (pos 3) -> 1/2 ; class 2: tp=1, fn=1 -> 1/2 ; class 3 absent -> None
+    assert s["per_class_iou"] == pytest.approx({"a": 1 / 3, "b": 1 / 2, "c": 1 / 2, "d": None})
+    assert s["mIoU"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 2) / 3)
+    assert s["pixel_accuracy"] == pytest.approx(3 / 5)
+
+
+def test_accumulates_over_dataset_not_mean_of_images():
+    # image 1: class 0 perfect (IoU 1); image 2: class 0 IoU 1/3 on many more pixels
+    s = run([[[0, 0]], [[0, 1, 1, 1, 1, 1]]], [[[0, 0]], [[0, 0, 0, 1, 1, 1]]], num_classes=2)
+    # dataset-level: class 0 tp=3, fp=0, fn=2 -> 3/5; class 1 tp=3, fp=2 -> 3/5
+    assert s["per_class_iou"]["a"] == pytest.approx(3 / 5)
+    assert s["mIoU"] == pytest.approx(3 / 5)
+
+
+def test_all_ignore_image_changes_nothing():
+    base = run([[[0, 1]]], [[[0, 1]]], num_classes=2)
+    with_ignored = run([[[0, 1]], [[1, 1]]], [[[0, 1]], [[255, 255]]], num_classes=2)
+    assert base == with_ignored
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_against_sklearn_confusion_matrix(seed):
+    rng = np.random.default_rng(seed)
+    k = 4
+    true = rng.integers(0, k, (3, 17, 23))
+    pred = np.where(rng.random(true.shape) < 0.6, true, rng.integers(0, k, true.shape))
+    true[rng.random(true.shape) < 0.1] = 255
+    pred[0][pred[0] == 3] = 0  # make class 3 rarer
+    s = run(list(pred), list(true), num_classes=k)
+    valid = true != 255
+    cm = confusion_matrix(true[valid], pred[valid], labels=list(range(k)))
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    iou = tp / union
+    assert s["mIoU"] == pytest.approx(iou.mean(), abs=1e-6)
+    assert list(s["per_class_iou"].values()) == pytest.approx(list(iou), abs=1e-6)
+    assert s["pixel_accuracy"] == pytest.approx(tp.sum() / cm.sum(), abs=1e-6)

@@ -1,0 +1,160 @@
+"""Configs compose and instantiate; training, evaluation and prediction agree with each other and with sklearn."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+from sklearn.metrics import confusion_matrix
+
+from conftest import CONFIG_DIR, TINY_DATA, compose_cfg
+from segkit.pipeline import evaluate, predict, train
+
+GROUPS = {g: sorted(p.stem for p in (Path(CONFIG_DIR) / g).glob("*.yaml"))
+          for g in ["data", "model", "model/upsampler", "task/loss", "task/optimizer", "task/scheduler", "trainer",
+                    "callbacks", "logger", "data/augment"]}
+SMALL_MODEL = {"unet": ["++model.encoder_kwargs={base_channels:4,depth:3}"],
+               "unet_small": ["++model.encoder_kwargs={base_channels:4,depth:3}"],
+               "deeplabv3": ["model.encoder=resnet18"], "deeplabv3plus": ["model.encoder=resnet18"]}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_config_option_composes_and_instantiates(group, option, tmp_path):
+    extra = SMALL_MODEL.get(option, []) if group == "model" else []
+    if group == "data" and option == "folder":
+        extra = ["data.source.root=/nonexistent", "data.num_classes=3"]
+    cfg = compose_cfg("train", [f"{group}={option}", *extra], tmp_path)
+    if group.startswith("task/"):
+        net = torch.nn.Conv2d(3, cfg.data.num_classes, 1)
+        task = instantiate(cfg.task, net=net)
+        if group == "task/loss":
+            logits = torch.randn(2, cfg.data.num_classes, 5, 5, requires_grad=True)
+            target = torch.randint(0, cfg.data.num_classes, (2, 5, 5))
+            target[0, 0] = cfg.data.ignore_index
+            task.loss(logits, target).backward()
+            assert torch.isfinite(logits.grad).all()
+        if group == "task/optimizer":
+            assert isinstance(task.optimizer_factory(net.parameters()), torch.optim.Optimizer)
+        return
+    node = {"data/augment": "data", "model/upsampler": "model"}.get(group, group)
+    if node == "data" and option in ("voc", "cityscapes", "folder"):
+        dm = instantiate(cfg.data)
+        assert dm.num_classes == cfg.data.num_classes == len(dm.class_names)
+        assert cfg.data.train_transform.transforms is not None
+        return
+    if node == "trainer":
+        if option in ("gpu", "ddp"):
+            assert cfg.trainer.precision == "bf16-mixed" and cfg.data.pin_memory
+            return
+        trainer = instantiate(cfg.trainer, callbacks=[], logger=False)
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+        return
+    if node in ("callbacks", "logger"):
+        assert all(instantiate(c) is not None for c in cfg[node].values())
+        return
+    obj = instantiate(cfg[node])
+    if node == "model":
+        x = torch.randn(2, 3, 33, 35)
+        assert obj(x).shape == (2, cfg.data.num_classes, 33, 35)
+    else:
+        assert obj.num_classes == cfg.data.num_classes
+
+
+@pytest.mark.parametrize("model", ["unet_small", "unet", "deeplabv3", "deeplabv3plus"])
+def test_fast_dev_run_each_model(model, tmp_path, shared_data_dir):
+    cfg = compose_cfg("train", [f"model={model}", *SMALL_MODEL[model], *TINY_DATA, "+trainer.fast_dev_run=true",
+                                "logger=csv"], tmp_path, shared_data_dir)
+    metrics = train(cfg)
+    assert 0.0 <= metrics["mIoU"] <= 1.0 and metrics["num_images"] > 0
+
+
+def test_train_evaluate_predict_agree(tmp_path, shared_data_dir):
+    cfg = compose_cfg("train", ["model=unet_small", *TINY_DATA, "trainer.max_epochs=2", "data.source.num_train=64"],
+                      tmp_path, shared_data_dir)
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    for f in ["config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "csv/metrics.csv"]:
+        assert (run / f).is_file(), f
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert set(on_disk) >= {"mIoU", "pixel_accuracy", "per_class_iou", "num_images", "split"}
+    assert on_disk["split"] == "val" and on_disk["num_images"] == 8
+
+    ev_cfg = compose_cfg("eval", [f"ckpt_path={run / 'checkpoints/best.ckpt'}", f"output_dir={tmp_path / 'eval'}"],
+                         tmp_path, shared_data_dir)
+    ev = evaluate(ev_cfg)
+    assert abs(ev["mIoU"] - metrics["mIoU"]) <= 1e-3
+    assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+
+    # predict.py's masks, scored independently with scikit-learn, give evaluate's mIoU
+    dm = instantiate(cfg.data)
+    samples = dm.source.samples("val")
+    image_dir = tmp_path / "val_images"
+    image_dir.mkdir()
+    for image_path, _ in samples:
+        (image_dir / image_path.name).write_bytes(image_path.read_bytes())
+    pr_cfg = compose_cfg("predict", [f"ckpt_path={run / 'checkpoints/best.ckpt'}", f"input={image_dir}",
+                                     f"output={tmp_path / 'pred'}"], tmp_path, shared_data_dir)
+    predict(pr_cfg)
+    y_true, y_pred = [], []
+    for image_path, mask_path in samples:
+        pred_img = Image.open(tmp_path / "pred" / f"{image_path.stem}.png")
+        assert pred_img.mode == "P"
+        y_pred.append(np.asarray(pred_img).ravel())
+        y_true.append(np.asarray(Image.open(mask_path)).ravel())
+        assert (tmp_path / "pred" / f"{image_path.stem}_overlay.png").is_file()
+    cm = confusion_matrix(np.concatenate(y_true), np.concatenate(y_pred), labels=list(range(6)))
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    assert abs(np.nanmean(iou) - ev["mIoU"]) <= 1e-6
+    for name, value in zip(dm.class_names, iou):
+        assert (ev["per_class_iou"][name] is None) == bool(np.isnan(value))
+
+
+def _palette_png(arr, path):
+    img = Image.fromarray(arr.astype(np.uint8), mode="P")
+    pal = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (768 - 9)
+    pal[255 * 3:255 * 3 + 3] = [224, 224, 192]
+    img.putpalette(pal)
+    img.save(path)
+
+
+def test_voc_layout(tmp_path):
+    root = tmp_path / "VOC2012"
+    for d in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"]:
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ["2007_000001", "2007_000002"]:
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+        mask = np.zeros((20, 30), np.uint8)
+        mask[5:10, 5:10] = 15
+        mask[4, 4:11] = 255
+        _palette_png(mask, root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets/Segmentation/train.txt").write_text("2007_000001\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("2007_000002\n")
+    cfg = compose_cfg("train", ["data=voc", f"data.source.root={root}", "data.crop_size=16"], tmp_path)
+    dm = instantiate(cfg.data)
+    item = dm.dataset("val")[0]
+    assert item["image"].shape == (3, 20, 30) and item["image"].dtype == torch.uint8
+    assert set(item["mask"].unique().tolist()) == {0, 15, 255}  # palette indices, not colours
+    train_item = dm.dataset("train", train=True)[0]
+    assert train_item["image"].shape == (3, 16, 16)
+    batch = next(iter(dm.train_dataloader())) if dm.batch_size == 1 else None
+
+
+def test_cityscapes_layout(tmp_path):
+    root = tmp_path / "cityscapes"
+    img_dir, gt_dir = root / "leftImg8bit/val/aachen", root / "gtFine/val/aachen"
+    img_dir.mkdir(parents=True)
+    gt_dir.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(img_dir / "aachen_000000_000019_leftImg8bit.png")
+    label_ids = np.array([[7, 8, 11, 26, 33, 0, 1, 4] * 2] * 8, np.uint8)
+    Image.fromarray(label_ids).save(gt_dir / "aachen_000000_000019_gtFine_labelIds.png")
+    cfg = compose_cfg("train", ["data=cityscapes", f"data.source.root={root}"], tmp_path)
+    dm = instantiate(cfg.data)
+    mask = dm.dataset("val")[0]["mask"]
+    assert mask[0, :8].tolist() == [0, 1, 2, 13, 18, 255, 255, 255]
+    assert dm.num_classes == 19 and len(dm.palette) == 19

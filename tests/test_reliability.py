@@ -1,0 +1,219 @@
+"""Bad input gets a clear error naming the file or key; nothing unsafe is loaded or instantiated."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from segkit.config import UnsafeConfigError, check_targets, load_checkpoint
+from segkit.data import DataError, SegmentationDataset, read_image, read_mask
+from segkit.data.sources import FolderSource
+from segkit.pipeline import ensure_writable
+from segkit.tasks import SegmentationTask
+
+
+# ---- config targets ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["os.system", "builtins.getattr", "subprocess.run", "torch.load",
+                                    "torch.hub.load", "segkitx.evil"])
+def test_untrusted_targets_refused_with_key(target):
+    cfg = OmegaConf.create({"model": {"upsampler": {"_target_": target, "_args_": ["echo pwned"]}}})
+    with pytest.raises(UnsafeConfigError, match=r"model\.upsampler\._target_=.*allowed_targets"):
+        check_targets(cfg)
+
+
+def test_trusted_and_explicitly_allowed_targets_pass():
+    cfg = OmegaConf.create({"a": {"_target_": "torch.optim.SGD"}, "b": [{"_target_": "mypkg.Thing"}]})
+    with pytest.raises(UnsafeConfigError, match=r"b\[0\]\._target_"):
+        check_targets(cfg)
+    check_targets(cfg, allowed=["mypkg"])
+
+
+def test_cli_override_with_unsafe_target_fails_before_anything_runs(tmp_path):
+    from conftest import compose_cfg
+    from segkit.pipeline import train
+
+    marker = tmp_path / "pwned"
+    cfg = compose_cfg("train", ["model.upsampler._target_=os.system", f"+model.upsampler.command=touch {marker}"],
+                      tmp_path)
+    with pytest.raises(UnsafeConfigError, match="os.system"):
+        train(cfg)
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Evil.marker}",))
+
+
+def test_crafted_pickle_rejected_without_running(tmp_path):
+    _Evil.marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {}, "segkit": {"config": {}}, "x": _Evil()}, f)
+    with pytest.raises(ValueError, match="refusing to load.*weights_only"):
+        load_checkpoint(path)
+    assert not _Evil.marker.exists()
+
+
+def test_missing_checkpoint_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_unwritable_output_dir_reported_at_start(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="paths.output_dir"):
+        ensure_writable(blocker / "run")
+
+
+# ---- data errors name the file -------------------------------------------------------------------------------
+def _folder(tmp_path, n=2, size=(6, 8)):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    (tmp_path / "masks").mkdir(exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.zeros((*size, 3), np.uint8)).save(tmp_path / "images" / f"im{i}.png")
+        Image.fromarray(np.ones(size, np.uint8)).save(tmp_path / "masks" / f"im{i}.png")
+    return FolderSource(str(tmp_path), val_ratio=0.0)
+
+
+def _dataset(src, num_classes=3):
+    return SegmentationDataset(src.samples("train"), num_classes, 255)
+
+
+def test_zero_byte_and_truncated_images(tmp_path):
+    src = _folder(tmp_path)
+    (tmp_path / "images" / "im0.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty \(0 bytes\).*im0\.png"):
+        _dataset(src)[0]
+    data = (tmp_path / "images" / "im1.png").read_bytes()
+    (tmp_path / "images" / "im1.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"im1\.png.*truncated"):
+        _dataset(src)[1]
+
+
+def test_size_mismatch(tmp_path):
+    src = _folder(tmp_path)
+    Image.fromarray(np.ones((5, 5), np.uint8)).save(tmp_path / "masks" / "im0.png")
+    with pytest.raises(DataError, match=r"im0\.png is 8x6 but its mask .*im0\.png is 5x5"):
+        _dataset(src)[0]
+
+
+def test_out_of_range_binary_and_rgb_masks(tmp_path):
+    src = _folder(tmp_path)
+    m = np.zeros((6, 8), np.uint8)
+    m[0, 0] = 7
+    Image.fromarray(m).save(tmp_path / "masks" / "im0.png")
+    with pytest.raises(DataError, match=r"masks/im0\.png has values \[7\] outside \[0, 3\)"):
+        _dataset(src)[0]
+    m[0, 0] = 255  # ignore_index is fine
+    Image.fromarray(m).save(tmp_path / "masks" / "im0.png")
+    _dataset(src)[0]
+    src2 = _folder(tmp_path / "bin")
+    b = np.zeros((6, 8), np.uint8)
+    b[:3] = 255
+    Image.fromarray(b).save(tmp_path / "bin" / "masks" / "im0.png")
+    ds = SegmentationDataset(src2.samples("train"), 2, ignore_index=-1)
+    with pytest.raises(DataError, match="0/255 binary mask: divide it by 255"):
+        ds[0]
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[..., 0] = 128
+    Image.fromarray(rgb).save(tmp_path / "masks" / "im1.png")
+    with pytest.raises(DataError, match=r"im1\.png is an RGB colour image"):
+        _dataset(src)[1]
+
+
+def test_missing_mask_and_empty_split(tmp_path):
+    src = _folder(tmp_path)
+    os.remove(tmp_path / "masks" / "im1.png")
+    with pytest.raises(DataError, match=r"no mask for image .*im1\.png"):
+        _dataset(src)[1]
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.txt").write_text("\n")
+    with pytest.raises(DataError, match=r"splits/train\.txt is empty"):
+        src.samples("train")
+
+
+def test_check_data_reports_every_problem(tmp_path):
+    from segkit.check_data import check_dataset
+    from segkit.data import SegmentationDataModule
+
+    src = _folder(tmp_path, n=4)
+    (tmp_path / "images" / "im0.png").write_bytes(b"")
+    m = np.full((6, 8), 9, np.uint8)
+    Image.fromarray(m).save(tmp_path / "masks" / "im2.png")
+    report = check_dataset(SegmentationDataModule(src, num_classes=3), splits=("train",))
+    assert report["splits"]["train"] == {"images": 4, "readable": 2, "sizes": {"8x6": 2}}
+    assert len(report["problems"]) == 2 and "im0.png" in report["problems"][0]
+    assert report["class_pixel_frequency"]["class_1"] == 1.0
+
+
+# ---- inputs converted correctly ------------------------------------------------------------------------------
+def test_palette_mask_read_as_indices(tmp_path):
+    img = Image.fromarray(np.array([[0, 1], [2, 255]], np.uint8), mode="P")
+    img.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10] + [255] * (768 - 9))
+    img.save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").tolist() == [[0, 1], [2, 255]]
+
+
+def test_grayscale_rgba_and_16bit_images(tmp_path):
+    Image.fromarray(np.array([[0, 128]], np.uint8), mode="L").save(tmp_path / "g.png")
+    assert read_image(tmp_path / "g.png").tolist() == [[[0, 0, 0], [128, 128, 128]]]
+    rgba = np.array([[[10, 20, 30, 0]]], np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    assert read_image(tmp_path / "a.png").tolist() == [[[10, 20, 30]]]
+    Image.fromarray(np.array([[0, 65535, 32768]], np.uint16)).save(tmp_path / "w.png")
+    assert read_image(tmp_path / "w.png")[0, :, 0].tolist() == [0, 255, 128]
+
+
+def test_exif_orientation_applied_to_image_and_mask(tmp_path):
+    arr = np.zeros((2, 4, 3), np.uint8)
+    arr[0, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW when displayed
+    Image.fromarray(arr).save(tmp_path / "i.jpg", exif=exif, quality=100)
+    mask = np.zeros((2, 4), np.uint8)
+    mask[0, 0] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png", exif=exif)
+    image, m = read_image(tmp_path / "i.jpg"), read_mask(tmp_path / "m.png")
+    assert image.shape == (4, 2, 3) and m.shape == (4, 2)
+    assert m[0, 1] == 1 and image[0, 1, 0] > 200
+
+
+def test_padded_and_rotated_mask_pixels_are_ignore():
+    import albumentations as A
+
+    t = A.Compose([A.PadIfNeeded(12, 12, position="top_left", fill=0, fill_mask=255),
+                   A.Affine(rotate=(30, 30), fill=0, fill_mask=255, p=1.0)])
+    out = t(image=np.full((8, 8, 3), 100, np.uint8), mask=np.ones((8, 8), np.uint8))
+    assert set(np.unique(out["mask"]).tolist()) <= {1, 255} and (out["mask"] == 255).any()
+
+
+# ---- numeric faults ------------------------------------------------------------------------------------------
+class _NaNNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.conv(x) * float("nan")
+
+
+def _batch():
+    return {"image": torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "mask": torch.zeros(2, 4, 4, dtype=torch.long),
+            "name": ["a", "b"]}
+
+
+def test_nan_loss_raises_with_message():
+    task = SegmentationTask(_NaNNet(), num_classes=2)
+    with pytest.raises(FloatingPointError, match="non-finite training loss.*nan_policy=skip"):
+        task.training_step(_batch(), 0)
+
+
+def test_nan_loss_skip_policy_skips_step():
+    task = SegmentationTask(_NaNNet(), num_classes=2, nan_policy="skip")
+    assert task.training_step(_batch(), 0) is None
