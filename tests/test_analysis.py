@@ -17,20 +17,28 @@ def test_stacked_dilated_convs_rf_15():
 @pytest.mark.parametrize("spec", [[(3, 1, 1), (3, 1, 2), (3, 1, 4)], [(3, 2, 1), (3, 1, 2), (5, 1, 1)],
                                   [(5, 1, 3), (3, 2, 1), (3, 1, 1)]])
 def test_empirical_rf_matches_theory_for_a_stack(spec):
-    stack = nn.Sequential(*[ConvNormAct(2, 2, k, stride=s, dilation=d, padding=d * (k - 1) // 2)
-                            for k, s, d in spec])
+    torch.manual_seed(0)
+    stack = nn.Sequential(*[ConvNormAct(16 if i else 3, 16, k, stride=s, dilation=d, padding=d * (k - 1) // 2)
+                            for i, (k, s, d) in enumerate(spec)])
     theory, _ = receptive_field(layers_of(stack))
-    measured = empirical_receptive_field(stack, {"stack": stack}, (65, 65), in_channels=2)["stack"]
+    measured = empirical_receptive_field(stack, {"stack": stack}, (65, 65), in_channels=3)["stack"]
     assert measured["height"] == measured["width"] == theory
 
 
 def test_model_stage_rfs_grow_and_aspp_rates_show():
-    net = DeepLabV3Plus("resnet18", num_classes=2, output_stride=16)
-    rf = empirical_receptive_field(net, model_stages(net), (129, 129))
-    assert rf["encoder.layer1"]["height"] < rf["encoder.layer2"]["height"] < rf["encoder.layer3"]["height"]
-    # a bigger rate reaches further (capped by the input)
-    assert rf["aspp.rate6"]["height"] < rf["aspp.rate12"]["height"] <= 129
-    assert rf["aspp.1x1"]["height"] < rf["aspp.rate6"]["height"]
+    torch.manual_seed(0)
+    net = DeepLabV3Plus("unet", num_classes=2, output_stride=16, rates=[1, 2], aspp_channels=16,
+                        encoder_kwargs={"base_channels": 8, "depth": 5})
+    stages = model_stages(net)
+    assert list(stages)[:5] == [f"encoder.stage{i}" for i in range(5)] and "aspp.pool" in stages
+    rf = empirical_receptive_field(net, stages, (257, 257), draws=2)
+    heights = [rf[f"encoder.stage{i}"]["height"] for i in range(5)]
+    assert heights == sorted(heights) and len(set(heights)) == 5
+    assert heights[0] == 5  # two 3x3 convs
+    # each ASPP 3x3 branch adds 2 * rate * 16 (its dilated kernel at stride 16) to the encoder's field
+    assert rf["aspp.rate1"]["height"] == heights[-1] + 2 * 16
+    assert rf["aspp.rate2"]["height"] == heights[-1] + 4 * 16
+    assert rf["aspp.1x1"]["height"] == heights[-1] and rf["aspp.pool"]["height"] == 257
 
 
 def test_checkerboard_scores_rank_upsamplers():

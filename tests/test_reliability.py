@@ -73,7 +73,7 @@ def test_unwritable_output_dir_reported_at_start(tmp_path):
 
 # ---- data errors name the file -------------------------------------------------------------------------------
 def _folder(tmp_path, n=2, size=(6, 8)):
-    (tmp_path / "images").mkdir(exist_ok=True)
+    (tmp_path / "images").mkdir(parents=True, exist_ok=True)
     (tmp_path / "masks").mkdir(exist_ok=True)
     for i in range(n):
         Image.fromarray(np.zeros((*size, 3), np.uint8)).save(tmp_path / "images" / f"im{i}.png")

@@ -37,11 +37,12 @@ def layers_of(module: nn.Module) -> List[Layer]:
 
 
 def empirical_receptive_field(model: nn.Module, modules: Dict[str, nn.Module], input_size: Sequence[int] = (257, 257),
-                              in_channels: Optional[int] = None) -> Dict[str, Dict[str, int]]:
+                              in_channels: Optional[int] = None, draws: int = 4) -> Dict[str, Dict[str, int]]:
     """For each named module, the extent (height, width) of input pixels whose gradient is non-zero for the
     centre output pixel of that module's output, and the output's stride relative to the input.
 
-    Runs in eval mode in float64 with all-ones input so that no ReLU path is switched off by chance.
+    Runs in eval mode in float64; the gradient support is the union over ``draws`` seeded random inputs, so that a
+    path a ReLU switches off for one input still counts.
     """
     in_channels = in_channels or int(getattr(model, "in_channels", 3))
     was_training = model.training
@@ -51,16 +52,20 @@ def empirical_receptive_field(model: nn.Module, modules: Dict[str, nn.Module], i
              for name, m in modules.items()]
     results: Dict[str, Dict[str, int]] = {}
     try:
+        g = torch.Generator().manual_seed(0)
         for name in modules:
-            x = torch.ones(1, in_channels, *input_size, dtype=torch.float64, requires_grad=True)
-            outputs.clear()
-            model(x)
-            y = outputs[name]
-            if isinstance(y, (list, tuple)):
-                y = y[-1]
-            h, w = y.shape[-2:]
-            y[..., h // 2, w // 2].abs().sum().backward()
-            support = (x.grad[0].abs().sum(0) > 0).nonzero()
+            grad = torch.zeros(input_size[0], input_size[1], dtype=torch.float64)
+            for _ in range(draws):
+                x = torch.randn(1, in_channels, *input_size, dtype=torch.float64, generator=g).requires_grad_()
+                outputs.clear()
+                model(x)
+                y = outputs[name]
+                if isinstance(y, (list, tuple)):
+                    y = y[-1]
+                h, w = y.shape[-2:]
+                y[..., h // 2, w // 2].sum().backward()
+                grad += x.grad[0].abs().sum(0)
+            support = (grad > 0).nonzero()
             if len(support) == 0:
                 results[name] = {"height": 0, "width": 0, "stride": input_size[0] // max(h, 1)}
                 continue

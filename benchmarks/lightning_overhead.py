@@ -1,0 +1,101 @@
+"""Framework overhead: segkit's full Lightning training loop vs a raw PyTorch loop, same model, data, optimizer.
+
+    python benchmarks/lightning_overhead.py [--steps 60] [--repeats 3]
+
+Both loops train the default model (small U-Net) on the same pre-collated uint8 batches of the embedded dataset
+(48x48, batch 16) for the same number of steps, with normalisation, loss and AdamW identical. The first 5 steps are not timed
+(start-up). Prints the median seconds per step of each and the overhead (lightning / raw - 1).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from common import machine, median
+from segkit.callbacks import EpochSummary
+from segkit.models import UNet
+from segkit.tasks import SegmentationTask
+
+
+class Batches(Dataset):
+    def __init__(self, n: int, size: int = 48, batch: int = 16):
+        g = torch.Generator().manual_seed(0)
+        self.items = [{"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g),
+                       "mask": torch.randint(0, 6, (batch, size, size), generator=g), "name": ["x"] * batch}
+                      for _ in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def make_task():
+    torch.manual_seed(0)
+    net = UNet("unet", 6, encoder_kwargs={"base_channels": 16, "depth": 4})
+    return SegmentationTask(net, 6, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
+
+
+class StepTimer(L.Callback):
+    """Wall time from the start of batch ``skip`` to the end of the last batch: steady state, no start-up."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.start, self.end = skip, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.skip:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.end = time.perf_counter()
+
+
+def run_lightning(data: Batches, skip: int) -> float:
+    task = make_task()
+    loader = DataLoader(data, batch_size=None, shuffle=False)
+    timer = StepTimer(skip)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        callbacks=[EpochSummary(), timer], enable_model_summary=False, num_sanity_val_steps=0,
+                        enable_progress_bar=True, limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=loader)
+    return (timer.end - timer.start) / (len(data) - skip)
+
+
+def run_raw(data: Batches, skip: int) -> float:
+    task = make_task().train()
+    opt = task.configure_optimizers()
+    t0 = time.perf_counter()
+    for i, batch in enumerate(data.items):
+        if i == skip:
+            t0 = time.perf_counter()
+        loss = task.loss(task(batch["image"]), batch["mask"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / (len(data) - skip)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    data, skip = Batches(args.steps), 5
+    lightning, raw = [], []
+    for _ in range(args.repeats):
+        lightning.append(run_lightning(data, skip))
+        raw.append(run_raw(data, skip))
+    tl, tr = median(lightning), median(raw)
+    print(f"machine: {machine()}")
+    print(f"| loop | s/step (median of {args.repeats}) |\n|---|---|\n| raw PyTorch | {tr:.4f} |\n"
+          f"| Lightning (segkit task, EpochSummary, progress bar) | {tl:.4f} |")
+    print(f"Lightning overhead: {100 * (tl / tr - 1):+.1f}% of step time")
+
+
+if __name__ == "__main__":
+    main()
