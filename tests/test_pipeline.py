@@ -142,7 +142,10 @@ def test_voc_layout(tmp_path):
     assert set(item["mask"].unique().tolist()) == {0, 15, 255}  # palette indices, not colours
     train_item = dm.dataset("train", train=True)[0]
     assert train_item["image"].shape == (3, 16, 16)
-    batch = next(iter(dm.train_dataloader())) if dm.batch_size == 1 else None
+    assert set(train_item["mask"].unique().tolist()) <= {0, 15, 255}  # nearest resize; padding is ignore
+    dm.batch_size = 1
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (1, 3, 16, 16) and batch["image"].dtype == torch.uint8
 
 
 def test_cityscapes_layout(tmp_path):

@@ -217,3 +217,37 @@ def test_nan_loss_raises_with_message():
 def test_nan_loss_skip_policy_skips_step():
     task = SegmentationTask(_NaNNet(), num_classes=2, nan_policy="skip")
     assert task.training_step(_batch(), 0) is None
+
+
+def test_nan_metric_checkpoint_never_chosen_as_best(tmp_path):
+    import lightning as L
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    class Scripted(L.LightningModule):
+        """Logs val/mIoU 0.5, NaN, 0.3 in epochs 0, 1, 2."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, i):
+            return (self.w - 1).pow(2).sum()
+
+        def validation_step(self, batch, i):
+            self.log("val/mIoU", [0.5, float("nan"), 0.3][self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.zeros(2, 1), batch_size=1)
+    callbacks = OmegaConf.load("configs/callbacks/default.yaml")
+    ckpt_cfg = callbacks.model_checkpoint
+    ckpt_cfg.dirpath = str(tmp_path)
+    checkpoint = instantiate(ckpt_cfg)
+    trainer = L.Trainer(max_epochs=3, logger=False, callbacks=[checkpoint], enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Scripted(), loader, loader)
+    assert checkpoint.best_model_path == str(tmp_path / "best.ckpt")
+    assert float(checkpoint.best_model_score) == 0.5
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["epoch"] == 0

@@ -13,19 +13,18 @@ def confusion_matrix_image(cm: np.ndarray, class_names: Sequence[str], cell: int
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     k = len(class_names)
     font = ImageFont.load_default()
-    margin = 8 + 7 * max(len(n) for n in class_names)
-    size = (margin + k * cell + 10, margin + k * cell + 30)
-    img = Image.new("RGB", size, "white")
+    left, top = 8 + 7 * max(len(n) for n in class_names), 40
+    img = Image.new("RGB", (left + k * cell + 10, top + k * cell + 10), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((margin, 4), "prediction →   (rows: ground truth, row-normalised)", fill="black", font=font)
+    draw.text((4, 4), "rows: ground truth, columns: prediction (row-normalised)", fill="black", font=font)
     for i, name in enumerate(class_names):
-        draw.text((4, margin + 20 + i * cell + cell // 2 - 5), name, fill="black", font=font)
-        draw.text((margin + i * cell + 2, margin + 6), name[:6], fill="black", font=font)
+        draw.text((4, top + i * cell + cell // 2 - 5), name, fill="black", font=font)
+        draw.text((left + i * cell + 2, top - 14), name[:7], fill="black", font=font)
     for i in range(k):
         for j in range(k):
             v = rows[i, j]
             shade = int(255 * (1 - v))
-            x0, y0 = margin + j * cell, margin + 20 + i * cell
+            x0, y0 = left + j * cell, top + i * cell
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline="grey")
             draw.text((x0 + 6, y0 + cell // 2 - 5), f"{100 * v:.0f}%", fill="black" if v < 0.6 else "white",
                       font=font)

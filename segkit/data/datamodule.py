@@ -5,10 +5,10 @@ from functools import partial
 from typing import Any, Callable, List, Optional, Sequence
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from segkit.data.dataset import SegmentationDataset, pad_collate
+from segkit.data.sampling import SeededSampler, ShardSampler
 from segkit.data.io import default_palette
 from segkit.data.sources import class_names_or_default
 
@@ -47,24 +47,23 @@ class SegmentationDataModule(L.LightningDataModule):
                 self.train_transform if train else self.eval_transform, getattr(self.source, "label_map", None))
         return self._datasets[key]
 
-    def _loader(self, dataset: SegmentationDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = None
-        if shuffle:  # the order depends only on the seed (Lightning re-seeds per epoch through the sampler)
-            generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+    def _loader(self, dataset: SegmentationDataset, batch_size: int, train: bool) -> DataLoader:
+        # Samplers are built here, rank-aware, so the order depends only on (seed, epoch, rank): exact resume, and
+        # no duplicated evaluation samples under DDP (trainer configs set use_distributed_sampler=false there).
+        sampler = SeededSampler(len(dataset), self.seed) if train else ShardSampler(len(dataset))
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
-                          collate_fn=partial(pad_collate, ignore_index=self.ignore_index), drop_last=shuffle,
-                          generator=generator)
+                          collate_fn=partial(pad_collate, ignore_index=self.ignore_index), drop_last=train)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)
+        return self._loader(self.dataset("train", train=True), self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
+        return self._loader(self.dataset("val"), self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
+        return self._loader(self.dataset("test"), self.eval_batch_size, train=False)
 
     def eval_dataloader(self, split: Optional[str] = None) -> DataLoader:
         """The loader for ``split`` (default: the configured evaluation split)."""
-        return self._loader(self.dataset(split or self.split), self.eval_batch_size, shuffle=False)
+        return self._loader(self.dataset(split or self.split), self.eval_batch_size, train=False)

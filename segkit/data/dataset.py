@@ -1,7 +1,7 @@
 """One dataset class for every layout: read, map labels, validate, augment, return uint8 image + int64 mask."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -45,9 +45,16 @@ class SegmentationDataset(Dataset):
         check_mask_values(mask, self.num_classes, self.ignore_index, mask_path)
         return image, mask
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: Union[int, Tuple[int, int]]) -> Dict[str, Any]:
+        """``index`` or ``(index, seed)``: with a seed (from :class:`SeededSampler`) the augmentation is
+        reproducible regardless of worker or resume."""
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
         image, mask = self.load(index)
         if self.transform is not None:
+            if seed is not None and hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(seed)
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {

@@ -13,13 +13,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Optional
 
 import cv2
 import numpy as np
 
 from segkit.data.io import DataError
-from segkit.data.sources import FolderSource, Sample
+from segkit.data.sources import FolderSource
 
 CLASS_NAMES = ["background", "disk", "square", "triangle", "ring", "cross"]
 VERSION = 2
@@ -129,6 +128,3 @@ class SyntheticShapesSource(FolderSource):
                 raise DataError(f"cannot write the synthetic dataset to {root} ({exc}); set data.source.cache_dir "
                                 "to a writable folder") from None
         super().__init__(str(root))
-
-    def samples(self, split: str) -> List[Sample]:
-        return super().samples(split)

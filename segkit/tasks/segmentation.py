@@ -1,9 +1,11 @@
 """The LightningModule: loss, metrics, optimisation. The network and the data come from outside."""
 from __future__ import annotations
 
+import random
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -134,4 +136,28 @@ class SegmentationTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # Plain types only, so the checkpoint loads with torch.load(weights_only=True) and rebuilds the model.
         checkpoint["segkit"] = {"config": self.run_config, "class_names": list(self.class_names),
-                                "num_classes": self.num_classes, "ignore_index": self.ignore_index}
+                                "num_classes": self.num_classes, "ignore_index": self.ignore_index,
+                                "rng": rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        state = checkpoint.get("segkit", {}).get("rng")
+        if state is not None:
+            set_rng_state(state)
+
+
+def rng_state() -> Dict[str, Any]:
+    """Global RNG states as tensors, lists and numbers only (loadable with ``torch.load(weights_only=True)``)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                      int(np_state[3]), float(np_state[4])],
+            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))

@@ -1,0 +1,28 @@
+"""Test-only callbacks, loaded through Hydra with allowed_targets=[resume_helpers]."""
+import json
+import os
+import signal
+
+import lightning as L
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL this process right after optimisation step ``step`` (no cleanup, like a lost machine)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class LossRecorder(L.Callback):
+    """Append ``[global_step, loss]`` per step to a JSON-lines file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with open(self.path, "a") as f:
+            f.write(json.dumps([trainer.global_step, float(outputs["loss"])]) + "\n")
