@@ -28,14 +28,17 @@ def sync() -> None:
 
 
 def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> Dict[str, List[float]]:
-    """Seconds per call of each function, alternating between them so drift hits all equally."""
+    """Seconds per call of each function, interleaved and alternating the order every round (ABBA...), so that
+    drift and "who runs first" effects hit all equally."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     sync()
     times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn = fns[name]
             sync()
             t0 = time.perf_counter()
             fn()

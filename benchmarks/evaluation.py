@@ -39,10 +39,10 @@ def main() -> None:
             metrics = segmentation_metrics(21, 255).to(dev)
             t_metric, t0 = 0.0, time.perf_counter()
             for img, mask in zip(images, masks):
-                logits = infer(model, img.to(dev), mode=mode, **kw)
+                preds = infer(model, img.to(dev), mode=mode, **kw).argmax(1)
                 sync()
                 tm = time.perf_counter()
-                metrics.update(logits.argmax(1), mask.to(dev))
+                metrics.update(preds, mask.to(dev))
                 sync()
                 t_metric += time.perf_counter() - tm
             total = time.perf_counter() - t0

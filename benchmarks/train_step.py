@@ -60,14 +60,15 @@ def step_fn(model, x, y, aux_key: bool):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step():
-        out = model(x)
-        if isinstance(out, dict):
-            loss = F.cross_entropy(out["out"], y) + 0.4 * F.cross_entropy(out["aux"], y)
-        elif aux_key:
+        if aux_key:  # segkit: logits and aux logits from one forward
             logits, aux = model.forward_with_aux(x)
             loss = F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)
         else:
-            loss = F.cross_entropy(out, y)
+            out = model(x)
+            if isinstance(out, dict):  # torchvision: {"out", "aux"}
+                loss = F.cross_entropy(out["out"], y) + 0.4 * F.cross_entropy(out["aux"], y)
+            else:
+                loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -81,6 +82,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--classes", type=int, default=21)
+    p.add_argument("--models", nargs="+", default=["DeepLabV3-R50 os8 +aux", "UNet-R34"])
     args = p.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -95,7 +97,7 @@ def main() -> None:
         "UNet-R34": (lambda: UNet("resnet34", args.classes), False, lambda: PlainUNetR34(args.classes)),
     }
     print("| model | segkit s/step | reference s/step | ratio segkit/reference |\n|---|---|---|---|")
-    for name, (ours, aux, ref) in pairs.items():
+    for name, (ours, aux, ref) in ((n, pairs[n]) for n in args.models):
         a, b = ours().to(dev).train(), ref().to(dev).train()
         times = interleaved({"segkit": step_fn(a, x, y, aux), "reference": step_fn(b, x, y, False)}, args.repeats)
         ta, tb = median(times["segkit"]), median(times["reference"])

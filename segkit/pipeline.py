@@ -148,7 +148,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     ensure_writable(output_dir)
     device = pick_device(cfg.get("device", "auto"))
     task.to(device)
-    metrics = segmentation_metrics(task.num_classes, task.ignore_index, confusion_matrix=True).to(device)
+    metrics = segmentation_metrics(task.num_classes, task.ignore_index).to(device)
     inference = _inference_kwargs(cfg.get("inference"))
     num_images = 0
     start = time.perf_counter()
@@ -158,10 +158,10 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
             metrics.update(logits.argmax(dim=1), batch["mask"].to(device))
             num_images += len(batch["image"])
     seconds = time.perf_counter() - start
-    computed = metrics.compute()
-    summary = {**summarize(computed, task.class_names), "num_images": num_images, "split": split}
+    confusion = metrics.compute()
+    summary = {**summarize(confusion, task.class_names), "num_images": num_images, "split": split}
     write_json_atomic(output_dir / "metrics.json", summary)
-    cm = computed["confusion_matrix"].cpu().numpy()
+    cm = confusion.cpu().numpy()
     np.savetxt(output_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",")
     confusion_matrix_image(cm, task.class_names).save(output_dir / "confusion_matrix.png")
     print(format_table(summary))
