@@ -82,7 +82,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    monitored = [c for c in trainer.checkpoint_callbacks if c.monitor]
+    best = monitored[0].best_model_path if monitored else ""
     trainer.validate(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = dict(task.last_metrics)
     metrics.update({"checkpoint": best or None, "fit_seconds": round(fit_seconds, 1)})
