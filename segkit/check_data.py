@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from segkit.config import check_targets
+from segkit.data.dataset import SegmentationDataset
 from segkit.data.io import DataError
 
 
@@ -26,8 +27,6 @@ def check_dataset(datamodule: Any, splits=("train", "val", "test")) -> Dict[str,
             if split != "test":
                 report["problems"].append(f"{split}: the split is empty")
             continue
-        from segkit.data.dataset import SegmentationDataset
-
         dataset = SegmentationDataset(samples, datamodule.num_classes, datamodule.ignore_index, None,
                                       getattr(datamodule.source, "label_map", None))
         sizes: Counter = Counter()

@@ -37,11 +37,8 @@ def ensure_writable(directory: Path, what: str = "output directory") -> None:
                               "paths.output_dir=... or free space/permissions there") from None
 
 
-def _instantiate_callbacks(cfg: Optional[DictConfig]) -> List[L.Callback]:
-    return [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
-
-
-def _instantiate_loggers(cfg: Optional[DictConfig]) -> List[Any]:
+def _instantiate_group(cfg: Optional[DictConfig]) -> List[Any]:
+    """Every node with a ``_target_`` in a group such as ``callbacks`` or ``logger``."""
     return [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
 
 
@@ -72,8 +69,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     dry_run(net, datamodule.crop_size)
     task = instantiate(cfg.task, net=net)
     task.run_config = to_plain(cfg)  # set after instantiate: Hydra would instantiate the _target_s inside
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_callbacks(cfg.get("callbacks")),
-                          logger=_instantiate_loggers(cfg.get("logger")) or False)
+    trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")),
+                          logger=_instantiate_group(cfg.get("logger")) or False)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
@@ -145,7 +142,8 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     check_targets(data_cfg, allowed, source="data config")
     datamodule = instantiate(data_cfg)
     split = datamodule.split
-    output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else Path(cfg.ckpt_path).resolve().parent.parent / f"eval-{split}"
+    run_dir = Path(cfg.ckpt_path).resolve().parent.parent
+    output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir / f"eval-{split}"
     ensure_writable(output_dir)
     device = pick_device(cfg.get("device", "auto"))
     task.to(device)

@@ -14,7 +14,7 @@ from segkit.pipeline import evaluate, predict, train
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONFIG_DIR) / g).glob("*.yaml"))
           for g in ["data", "model", "model/upsampler", "task/loss", "task/optimizer", "task/scheduler", "trainer",
-                    "callbacks", "logger", "data/augment"]}
+                    "callbacks", "logger", "data/augment", "experiment"]}
 SMALL_MODEL = {"unet": ["++model.encoder_kwargs={base_channels:4,depth:3}"],
                "unet_small": ["++model.encoder_kwargs={base_channels:4,depth:3}"],
                "deeplabv3": ["model.encoder=resnet18"], "deeplabv3plus": ["model.encoder=resnet18"]}
@@ -23,6 +23,13 @@ SMALL_MODEL = {"unet": ["++model.encoder_kwargs={base_channels:4,depth:3}"],
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_config_option_composes_and_instantiates(group, option, tmp_path):
     extra = SMALL_MODEL.get(option, []) if group == "model" else []
+    if group == "experiment":  # presets: compose, then build their data module and (randomly initialised) model
+        cfg = compose_cfg("train", [f"experiment={option}", "model.pretrained=false"], tmp_path)
+        dm = instantiate(cfg.data)
+        net = instantiate(cfg.model).eval()
+        with torch.no_grad():
+            assert net(torch.randn(1, 3, 64, 64)).shape == (1, dm.num_classes, 64, 64)
+        return
     if group == "data" and option == "folder":
         extra = ["data.source.root=/nonexistent", "data.num_classes=3"]
     cfg = compose_cfg("train", [f"{group}={option}", *extra], tmp_path)

@@ -67,16 +67,21 @@ def empirical_receptive_field(model: nn.Module, modules: Dict[str, nn.Module], i
                 grad += x.grad[0].abs().sum(0)
             support = (grad > 0).nonzero()
             if len(support) == 0:
-                results[name] = {"height": 0, "width": 0, "stride": input_size[0] // max(h, 1)}
+                results[name] = {"height": 0, "width": 0, "stride": _stride(input_size[0], h)}
                 continue
             extent = support.max(0).values - support.min(0).values + 1
             results[name] = {"height": int(extent[0]), "width": int(extent[1]),
-                             "stride": round(input_size[0] / h)}
+                             "stride": _stride(input_size[0], h)}
     finally:
         for hk in hooks:
             hk.remove()
         model.float().train(was_training)
     return results
+
+
+def _stride(n: int, h: int) -> int:
+    """Output stride from sizes: strided layers map n to (n-1)/s + 1 cells for odd n, hence (n-1)/(h-1)."""
+    return round((n - 1) / (h - 1)) if h > 1 else n
 
 
 def model_stages(model: nn.Module) -> Dict[str, nn.Module]:
@@ -92,9 +97,8 @@ def model_stages(model: nn.Module) -> Dict[str, nn.Module]:
             stages[f"encoder.stage{i}"] = stage
     aspp = getattr(model.decoder, "aspp", None)
     if aspp is not None:
-        for i, branch in enumerate(aspp.branches):
-            label = "1x1" if i == 0 else ("pool" if i == len(aspp.branches) - 1 and len(aspp.branches) > len(
-                aspp.rates) + 1 else f"rate{aspp.rates[i - 1]}")
+        labels = ["1x1"] + [f"rate{r}" for r in aspp.rates] + (["pool"] if aspp.pooling else [])
+        for label, branch in zip(labels, aspp.branches):
             stages[f"aspp.{label}"] = branch
     stages["decoder"] = model.decoder
     stages["head"] = model.head

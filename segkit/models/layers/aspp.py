@@ -74,6 +74,7 @@ class ASPP(nn.Module):
             nn.Dropout(dropout),
         )
         self.rates = tuple(int(r) for r in rates)
+        self.pooling = pooling
         self.in_channels = in_channels
         self.out_channels = out_channels
 
