@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import lightning as L
@@ -12,6 +13,9 @@ from torch import nn
 
 from segkit.losses import CrossEntropyLoss
 from segkit.metrics import segmentation_metrics, summarize
+
+# The override below is deliberate (see transfer_batch_to_device); Lightning notes it on every fit.
+warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device` in `LightningModule`.*")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
