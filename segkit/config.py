@@ -19,16 +19,19 @@ class UnsafeConfigError(ValueError):
 
 
 def _walk(node: Any, path: str):
-    if isinstance(node, (dict, DictConfig)):
-        items = node.items() if isinstance(node, dict) else ((k, node._get_node(k)._value()) for k in node.keys())
-        for key, value in items:
+    """``(key path, target)`` for every ``_target_``; interpolations stay unresolved (an interpolated target is
+    refused rather than followed)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=False)
+    if isinstance(node, dict):
+        for key, value in node.items():
             child = f"{path}.{key}" if path else str(key)
             if key == "_target_":
                 yield child, value
             else:
                 yield from _walk(value, child)
-    elif isinstance(node, (list, tuple, ListConfig)):
-        for i, value in enumerate(node if not isinstance(node, ListConfig) else node._iter_ex(resolve=False)):
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
             yield from _walk(value, f"{path}[{i}]")
 
 

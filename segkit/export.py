@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from segkit.data.io import default_palette
+from segkit.models.layers.upsample import ConvTransposeUpsample, PixelShuffleUpsample
 
 
 class NormalizedModel(nn.Module):
@@ -37,9 +38,8 @@ def _example(model: NormalizedModel, size: int) -> torch.Tensor:
 
 def _dynamic_dims(net: nn.Module):
     """Height/width Dims: any size from 64 for resize-based decoders, multiples of the total stride otherwise."""
-    types = {type(m).__name__ for m in net.modules()}
     batch = torch.export.Dim("batch", min=1, max=1024)
-    if types & {"ConvTransposeUpsample", "PixelShuffleUpsample"}:
+    if any(isinstance(m, (ConvTransposeUpsample, PixelShuffleUpsample)) for m in net.modules()):
         d = int(getattr(net, "size_divisor", 32))
         return batch, d * torch.export.Dim("hk", min=2, max=8192 // d), d * torch.export.Dim("wk", min=2, max=8192 // d)
     return batch, torch.export.Dim("height", min=64, max=8192), torch.export.Dim("width", min=64, max=8192)

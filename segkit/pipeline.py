@@ -122,9 +122,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _inference_kwargs(cfg: Optional[DictConfig]) -> Dict[str, Any]:
-    inf = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
-    return dict(inf or {})
+def _load_for_inference(cfg: DictConfig) -> tuple[Any, DictConfig, torch.device, Dict[str, Any]]:
+    """What evaluate and predict share: check targets, rebuild the task from ``cfg.ckpt_path`` on the chosen
+    device, and the ``inference`` options as plain keyword arguments."""
+    allowed = cfg.get("allowed_targets") or ()
+    check_targets(cfg, allowed)
+    task, ckpt_cfg = load_task_from_checkpoint(cfg.ckpt_path, allowed)
+    device = pick_device(cfg.get("device", "auto"))
+    inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") is not None else {}
+    return task.to(device), ckpt_cfg, device, dict(inference or {})
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
@@ -135,20 +141,15 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     from segkit.inference import infer
     from segkit.metrics import format_table, segmentation_metrics, summarize
 
-    allowed = cfg.get("allowed_targets") or ()
-    check_targets(cfg, allowed)
-    task, ckpt_cfg = load_task_from_checkpoint(cfg.ckpt_path, allowed)
+    task, ckpt_cfg, device, inference = _load_for_inference(cfg)
     data_cfg = resolve_data_config(ckpt_cfg, cfg.get("data"))
-    check_targets(data_cfg, allowed, source="data config")
+    check_targets(data_cfg, cfg.get("allowed_targets") or (), source="data config")
     datamodule = instantiate(data_cfg)
     split = datamodule.split
     run_dir = Path(cfg.ckpt_path).resolve().parent.parent
     output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir / f"eval-{split}"
     ensure_writable(output_dir)
-    device = pick_device(cfg.get("device", "auto"))
-    task.to(device)
     metrics = segmentation_metrics(task.num_classes, task.ignore_index).to(device)
-    inference = _inference_kwargs(cfg.get("inference"))
     num_images = 0
     start = time.perf_counter()
     with torch.inference_mode():
@@ -177,9 +178,7 @@ def predict(cfg: DictConfig) -> List[Path]:
     from segkit.data.io import IMAGE_SUFFIXES, default_palette, read_image
     from segkit.inference import infer
 
-    allowed = cfg.get("allowed_targets") or ()
-    check_targets(cfg, allowed)
-    task, ckpt_cfg = load_task_from_checkpoint(cfg.ckpt_path, allowed)
+    task, ckpt_cfg, device, inference = _load_for_inference(cfg)
     source = Path(cfg.input)
     if source.is_dir():
         inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -194,9 +193,6 @@ def predict(cfg: DictConfig) -> List[Path]:
     palette = ckpt_cfg.data.get("palette") or default_palette(task.num_classes)
     palette_arr = np.array(palette, dtype=np.uint8)
     flat = [c for colour in palette for c in colour] + [0] * (768 - 3 * len(palette))
-    device = pick_device(cfg.get("device", "auto"))
-    task.to(device)
-    inference = _inference_kwargs(cfg.get("inference"))
     alpha = float(cfg.get("alpha", 0.5))
     written = []
     with torch.inference_mode():

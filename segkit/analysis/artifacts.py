@@ -8,8 +8,6 @@ from typing import Dict
 import torch
 from torch import nn
 
-UPSAMPLER_TYPES = ("ConvTransposeUpsample", "ResizeConvUpsample", "PixelShuffleUpsample", "InterpolateUpsample")
-
 
 @torch.no_grad()
 def checkerboard_score(upsampler: nn.Module, size: int = 16) -> float:
@@ -37,5 +35,8 @@ def checkerboard_score(upsampler: nn.Module, size: int = 16) -> float:
 
 def model_checkerboard_scores(model: nn.Module) -> Dict[str, float]:
     """The score of every segkit upsampler inside ``model``, by module name."""
-    return {name: checkerboard_score(m) for name, m in model.named_modules()
-            if type(m).__name__ in UPSAMPLER_TYPES}
+    # imported here: segkit.models' layers import segkit.analysis.shapes, so a top-level import would be circular
+    from segkit.models.layers.upsample import UPSAMPLERS
+
+    types = tuple({getattr(f, "func", f) for f in UPSAMPLERS.values()})
+    return {name: checkerboard_score(m) for name, m in model.named_modules() if isinstance(m, types)}

@@ -9,10 +9,13 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
-def _world() -> Tuple[int, int]:
+def _world(rank: Optional[int] = None, world_size: Optional[int] = None) -> Tuple[int, int]:
+    """Explicit ``rank``/``world_size`` win; otherwise torch.distributed's, or ``(0, 1)`` in a single process."""
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        r, w = dist.get_rank(), dist.get_world_size()
+    else:
+        r, w = 0, 1
+    return (r if rank is None else rank), (w if world_size is None else world_size)
 
 
 class SeededSampler(Sampler):
@@ -26,8 +29,7 @@ class SeededSampler(Sampler):
 
     def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
-        r, w = _world()
-        self.rank, self.world_size = (r if rank is None else rank), (w if world_size is None else world_size)
+        self.rank, self.world_size = _world(rank, world_size)
         self.num_samples, self.seed, self.shuffle, self.epoch = num_samples, int(seed), shuffle, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -50,8 +52,7 @@ class ShardSampler(Sampler):
     when metrics are summed across ranks (DistributedSampler pads uneven sets with duplicates)."""
 
     def __init__(self, num_samples: int, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
-        r, w = _world()
-        self.rank, self.world_size = (r if rank is None else rank), (w if world_size is None else world_size)
+        self.rank, self.world_size = _world(rank, world_size)
         self.num_samples = num_samples
 
     def __len__(self) -> int:

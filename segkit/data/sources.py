@@ -8,7 +8,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from segkit.data.io import IMAGE_SUFFIXES, DataError
 
 Sample = Tuple[Path, Optional[Path]]
-SPLITS = ("train", "val", "test")
 
 
 def _read_split_list(path: Path) -> List[str]:
