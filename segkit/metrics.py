@@ -1,9 +1,17 @@
 """mIoU, per-class IoU and pixel accuracy from one torchmetrics confusion matrix, accumulated over the dataset.
 
-torchmetrics' ``MulticlassConfusionMatrix`` does the accumulation, the ``ignore_index`` exclusion and the DDP
-sync; IoU and pixel accuracy are read off the synced matrix, so each pixel is scanned once per update (two
-separate Jaccard/Accuracy metrics scan it twice). A class absent from both prediction and ground truth has IoU
-NaN (``null`` in metrics.json) and is excluded from the mean.
+torchmetrics' ``MulticlassConfusionMatrix`` holds the state, resets it and syncs it across DDP ranks; IoU and pixel
+accuracy are read off the synced matrix, so each pixel is scanned once per update (two separate Jaccard/Accuracy
+metrics scan it twice). A class absent from both prediction and ground truth has IoU NaN (``null`` in
+metrics.json) and is excluded from the mean.
+
+Only the per-batch ``update`` is replaced, for dense label maps (millions of pixels per batch): torchmetrics
+drops ignored pixels by boolean indexing and builds the bin index in int64, about five full-size copies per
+update, and in deterministic mode swaps ``torch.bincount`` for a ``pixels x classes²`` comparison matrix (close
+to 1 GB for one 512x512 image with 21 classes). Here ignored pixels go to an extra row that is dropped, the index
+is built in place in int32, and ``torch.bincount`` is used always: without weights it counts integers, which is
+deterministic on every device. ``tests/test_metrics.py`` checks the result against torchmetrics' own update and
+scikit-learn.
 """
 from __future__ import annotations
 
@@ -14,10 +22,48 @@ import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 
-def segmentation_metrics(num_classes: int, ignore_index: int) -> MulticlassConfusionMatrix:
+class ConfusionMatrix(MulticlassConfusionMatrix):
+    """``MulticlassConfusionMatrix`` with a faster update for dense label maps (see the module docstring).
+
+    ``update(preds, target)``: ``preds`` are class indices ``(N, H, W)`` or logits ``(N, C, H, W)``; ``target``
+    holds class indices or ``ignore_index``. A target value that is neither raises ``ValueError``.
+    """
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        n = self.num_classes
+        if preds.ndim == target.ndim + 1:
+            preds = preds.argmax(dim=1)
+        if preds.shape != target.shape:
+            raise ValueError(f"confusion matrix update: predictions {tuple(preds.shape)} and targets "
+                             f"{tuple(target.shape)} must have the same shape")
+        target = target.reshape(-1)
+        index = target.to(torch.int32)  # a copy for every input dtype except int32
+        if index.data_ptr() == target.data_ptr():
+            index = index.clone()
+        if self.ignore_index is not None:
+            index.masked_fill_(target == self.ignore_index, n)  # the extra row n, dropped below
+        index.mul_(n).add_(preds.reshape(-1))
+        try:
+            counts = torch.bincount(index, minlength=n * (n + 1))
+        except RuntimeError as err:  # negative bin: a negative label that is not ignore_index
+            raise ValueError(self._bad_labels(target)) from err
+        if counts.numel() > n * (n + 1):
+            raise ValueError(self._bad_labels(target))
+        self.confmat += counts[: n * n].view(n, n)
+
+    def _bad_labels(self, target: torch.Tensor) -> str:
+        valid = (target >= 0) & (target < self.num_classes)
+        if self.ignore_index is not None:
+            valid |= target == self.ignore_index
+        bad = target[~valid].unique()[:10].tolist()
+        return (f"target labels {bad} are neither classes 0..{self.num_classes - 1} nor ignore_index "
+                f"{self.ignore_index}; check the dataset's masks (scripts/check_data.py) and data.num_classes")
+
+
+def segmentation_metrics(num_classes: int, ignore_index: int) -> ConfusionMatrix:
     """The metric object to ``update(preds, target)`` per batch; ``compute()`` gives the confusion matrix
     (rows: ground truth, columns: prediction)."""
-    return MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+    return ConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
 
 
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:

@@ -60,3 +60,51 @@ def test_against_sklearn_confusion_matrix(seed):
     assert s["mIoU"] == pytest.approx(iou.mean(), abs=1e-6)
     assert list(s["per_class_iou"].values()) == pytest.approx(list(iou), abs=1e-6)
     assert s["pixel_accuracy"] == pytest.approx(tp.sum() / cm.sum(), abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype, ignore_index", [(torch.uint8, 255), (torch.uint8, None), (torch.int32, 255),
+                                                  (torch.int32, -1), (torch.int64, 255), (torch.int64, -1),
+                                                  (torch.int64, None)])
+def test_update_equals_torchmetrics_and_sklearn(dtype, ignore_index):
+    """The faster update gives exactly torchmetrics' own matrix and scikit-learn's, for every label dtype."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    k = 5
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, k, (2, 31, 29), generator=gen)
+    logits = torch.randn(2, k, 31, 29, generator=gen)
+    if ignore_index is not None:
+        target[torch.rand(target.shape, generator=gen) < 0.2] = ignore_index
+    ours = segmentation_metrics(k, ignore_index)
+    reference = MulticlassConfusionMatrix(k, ignore_index=ignore_index)
+    for batch in range(2):  # logits for one batch, labels for the other
+        preds = logits if batch == 0 else logits.argmax(1)
+        ours.update(preds, target.to(dtype))
+        reference.update(preds, target)
+    assert torch.equal(ours.compute(), reference.compute())
+    t = target.flatten().numpy()
+    keep = t != ignore_index if ignore_index is not None else np.ones_like(t, bool)
+    expected = confusion_matrix(t[keep], logits.argmax(1).flatten().numpy()[keep], labels=list(range(k)))
+    np.testing.assert_array_equal(ours.compute().numpy(), 2 * expected)
+    assert target.dtype == torch.int64 and (target.flatten().numpy() == t).all()  # the input is left untouched
+
+
+def test_update_under_deterministic_algorithms():
+    """torchmetrics' deterministic fallback builds a pixels x classes² matrix; ours still uses bincount."""
+    m = segmentation_metrics(3, 255)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        m.update(torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 255, 1]]))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert m.compute().tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
+
+
+@pytest.mark.parametrize("bad", [7, -3])
+def test_update_rejects_labels_outside_the_classes(bad):
+    m = segmentation_metrics(4, 255)
+    with pytest.raises(ValueError, match=rf"target labels \[{bad}\] are neither classes 0..3 nor ignore_index 255"):
+        m.update(torch.tensor([[0, 1, 2]]), torch.tensor([[0, bad, 255]]))
+    with pytest.raises(ValueError, match="must have the same shape"):
+        m.update(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
