@@ -4,11 +4,13 @@
 
 Pairs: segkit DeepLabV3(resnet50, output_stride 8, aux head) vs torchvision deeplabv3_resnet50(aux_loss=True);
 segkit UNet(resnet34) vs a plain-PyTorch U-Net-R34 written here with the same layers. Prints median seconds per
-step and the ratio segkit / reference (< 1 means segkit is faster).
+step, the ratio of the medians segkit / reference (< 1 means segkit is faster), and the spread of the per-round
+ratios (each round times both models back to back, so drift cancels within a round).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -96,12 +98,15 @@ def main() -> None:
                                                                       num_classes=args.classes, aux_loss=True)),
         "UNet-R34": (lambda: UNet("resnet34", args.classes), False, lambda: PlainUNetR34(args.classes)),
     }
-    print("| model | segkit s/step | reference s/step | ratio segkit/reference |\n|---|---|---|---|")
+    print("| model | segkit s/step | reference s/step | ratio segkit/reference | per-round ratios: median [IQR] |")
+    print("|---|---|---|---|---|")
     for name, (ours, aux, ref) in ((n, pairs[n]) for n in args.models):
         a, b = ours().to(dev).train(), ref().to(dev).train()
         times = interleaved({"segkit": step_fn(a, x, y, aux), "reference": step_fn(b, x, y, False)}, args.repeats)
         ta, tb = median(times["segkit"]), median(times["reference"])
-        print(f"| {name} | {ta:.3f} | {tb:.3f} | {ta / tb:.3f} |", flush=True)
+        rounds = sorted(sa / sb for sa, sb in zip(times["segkit"], times["reference"]))
+        q1, q2, q3 = statistics.quantiles(rounds, n=4) if len(rounds) > 1 else rounds * 3
+        print(f"| {name} | {ta:.3f} | {tb:.3f} | {ta / tb:.3f} | {q2:.3f} [{q1:.3f}, {q3:.3f}] |", flush=True)
 
 
 if __name__ == "__main__":

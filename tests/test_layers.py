@@ -4,8 +4,11 @@ import torch
 from torch import nn
 
 from segkit.analysis import ShapeError, conv_transpose_output_size
-from segkit.models.layers import (ASPP, UPSAMPLERS, ConvNormAct, ConvTransposeUpsample, InterpolateUpsample,
-                                  PixelShuffleUpsample, ResizeConvUpsample, aspp_rates, upsampler_factory)
+from torch.utils.flop_counter import FlopCounterMode
+
+from segkit.models.layers import (ASPP, UPSAMPLERS, AtrousConv2d, ConvNormAct, ConvTransposeUpsample,
+                                  InterpolateUpsample, PixelShuffleUpsample, ResizeConvUpsample, aspp_rates,
+                                  upsampler_factory)
 
 
 @pytest.mark.parametrize("dilation", [1, 2, 4, 6])
@@ -14,6 +17,60 @@ def test_conv_norm_act_keeps_size_with_dilation(dilation):
     assert block(torch.randn(2, 3, 11, 17)).shape == (2, 8, 11, 17)
     assert block[0].bias is None and isinstance(block[1], nn.BatchNorm2d)
     assert block[0].dilation == (dilation, dilation)
+
+
+def _conv_pair(k, dilation, groups=1, channels=4):
+    torch.manual_seed(0)
+    ref = nn.Conv2d(channels, channels, k, padding=dilation * (k // 2), dilation=dilation, groups=groups)
+    ours = AtrousConv2d(channels, channels, k, padding=dilation * (k // 2), dilation=dilation, groups=groups)
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
+
+
+def _flops(module, x):
+    with FlopCounterMode(display=False) as counter:
+        module(x)
+    return counter.get_total_flops()
+
+
+# (kernel, dilation, height, width, groups): every tap live, rows cut, columns cut, both cut, 5-tap kernels cut to 3
+@pytest.mark.parametrize("k, dilation, h, w, groups", [
+    (3, 2, 9, 9, 1), (3, 12, 12, 40, 1), (3, 12, 40, 12, 1), (3, 36, 32, 32, 1), (3, 36, 36, 37, 1),
+    (5, 4, 6, 30, 1), (5, 4, 3, 4, 4), (3, 6, 5, 7, 4)])
+def test_atrous_conv_equals_conv2d_and_skips_dead_taps(k, dilation, h, w, groups):
+    """Output and every gradient equal nn.Conv2d's, and the FLOPs drop exactly when a kernel row/column is dead."""
+    ours, ref = _conv_pair(k, dilation, groups)
+    x = torch.randn(2, 4, h, w, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, out_ref = ours(x), ref(x_ref)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+    live = [min(k, 2 * ((n - 1) // dilation) + 1) for n in (h, w)]
+    expected = _flops(ref, x) * live[0] * live[1] // (k * k)
+    assert _flops(ours, x) == expected
+
+
+def test_atrous_conv_traced_or_compiled_graph_serves_every_size():
+    """Tracing on a small input must not bake the shortcut in: the traced module is right on larger inputs."""
+    ours, ref = _conv_pair(3, 8)
+    with torch.no_grad():
+        traced = torch.jit.trace(ours, torch.randn(1, 4, 6, 6))
+        big = torch.randn(1, 4, 20, 20)
+        torch.testing.assert_close(traced(big), ref(big))
+        exported = torch.export.export(ours, (torch.randn(1, 4, 6, 6),),
+                                       dynamic_shapes=({2: torch.export.Dim("h", min=2), 3: None},))
+        tall = torch.randn(1, 4, 20, 6)
+        torch.testing.assert_close(exported.module()(tall), ref(tall))
+
+
+def test_conv_norm_act_uses_atrous_conv_only_when_dilated():
+    assert type(ConvNormAct(4, 4, 3)[0]) is nn.Conv2d
+    assert type(ConvNormAct(4, 4, 3, dilation=2)[0]) is AtrousConv2d
 
 
 def test_conv_norm_act_without_norm_has_bias():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segkit.analysis.shapes import same_padding
@@ -10,11 +12,44 @@ from segkit.analysis.shapes import same_padding
 LayerFactory = Optional[Callable[..., nn.Module]]
 
 
+class AtrousConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that skips the kernel taps which, on the current input, can only see zero padding.
+
+    With "same" padding, tap ``i`` of an odd ``k``-tap kernel reads the input ``(i - k // 2) * dilation`` pixels away
+    from each output pixel; when that distance is at least the input's extent, it reads padding for every output
+    pixel and contributes exactly zero. At large atrous rates on small feature maps the 3x3 kernel degenerates to
+    its centre tap (DeepLabV3, section 3.3: "the 3x3 filter degenerates to a simple 1x1 filter since only the
+    center filter weight is effective") — for example rate 36 on the 32x32 map of a 256x256 input at output
+    stride 8. The forward then convolves with the live taps only: the same output and gradients (the skipped taps'
+    gradients are exactly zero) at up to 9x fewer FLOPs. Larger inputs take the ordinary path.
+
+    The shortcut depends on the input size, so it is off while tracing, scripting, compiling or exporting, where
+    one graph must serve every size.
+    """
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if (self.padding_mode != "zeros" or self.stride != (1, 1) or torch.jit.is_tracing()
+                or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            return super()._conv_forward(x, weight, bias)
+        padding = list(self.padding)  # type: ignore[arg-type]
+        for axis, extent in enumerate(x.shape[-2:]):
+            k, d = self.kernel_size[axis], self.dilation[axis]
+            if k % 2 == 0 or padding[axis] != d * (k // 2):
+                continue  # not "same" padding: every tap may see the input
+            reach = (extent - 1) // d  # live taps: |i - k // 2| <= reach
+            if reach < k // 2:
+                weight = weight.narrow(2 + axis, k // 2 - reach, 2 * reach + 1)
+                padding[axis] = d * reach
+        if weight.shape[-2:] == self.weight.shape[-2:]:
+            return super()._conv_forward(x, weight, bias)
+        return F.conv2d(x, weight, bias, self.stride, tuple(padding), self.dilation, self.groups)
+
+
 class ConvNormAct(nn.Sequential):
     """``Conv2d`` (dilation-aware "same" padding by default) followed by an optional norm and activation.
 
     Layers are passed as *types* (``norm_layer=nn.BatchNorm2d``, ``act_layer=nn.ReLU``), ``None`` to omit one.
-    The conv has no bias when a norm follows it.
+    The conv has no bias when a norm follows it; a dilated conv is an ``AtrousConv2d`` (same parameters).
     """
 
     def __init__(
@@ -34,9 +69,8 @@ class ConvNormAct(nn.Sequential):
             padding = same_padding(kernel_size, dilation)
         if bias is None:
             bias = norm_layer is None
-        layers = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias)
-        ]
+        conv = AtrousConv2d if dilation > 1 else nn.Conv2d
+        layers = [conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias)]
         if norm_layer is not None:
             layers.append(norm_layer(out_channels))
         if act_layer is not None:
