@@ -8,7 +8,7 @@ import lightning as L
 from segkit.callbacks import DeviceSpeedups
 
 
-def make_trainer(callbacks: Optional[List[L.Callback]] = None, logger: Any = None, compile: bool = False,
+def make_trainer(callbacks: Optional[List[L.Callback]] = None, logger: Any = None, compile: Union[bool, str] = False,
                  channels_last: Union[str, bool] = "auto", **trainer_kwargs: Any) -> L.Trainer:
     """``lightning.Trainer(**trainer_kwargs)`` plus :class:`DeviceSpeedups` (``compile``, ``channels_last``)."""
     callbacks = list(callbacks or []) + [DeviceSpeedups(channels_last=channels_last, compile=compile)]

@@ -168,3 +168,37 @@ def test_cityscapes_layout(tmp_path):
     mask = dm.dataset("val")[0]["mask"]
     assert mask[0, :8].tolist() == [0, 1, 2, 13, 18, 255, 255, 255]
     assert dm.num_classes == 19 and len(dm.palette) == 19
+
+
+def test_fast_path_knobs_train_on_cpu(tmp_path, shared_data_dir):
+    """The GPU fast path's switches (bf16 autocast, channels_last, torch.compile) forced on CPU: a run completes,
+    and its best checkpoint loads into a plain fp32 model (no compile-wrapper keys) that scores the same mIoU up
+    to bf16 rounding."""
+    cfg = compose_cfg("train", ["model=unet_small", *SMALL_MODEL["unet_small"], *TINY_DATA, "logger=csv",
+                                "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                                "trainer.precision=bf16-mixed", "trainer.channels_last=true", "trainer.compile=eager"], tmp_path, shared_data_dir)
+    metrics = train(cfg)
+    assert 0.0 <= metrics["mIoU"] <= 1.0 and metrics["num_images"] > 0
+    ev_cfg = compose_cfg("eval", [f"ckpt_path={tmp_path / 'run/checkpoints/best.ckpt'}",
+                                  f"output_dir={tmp_path / 'eval'}"], tmp_path, shared_data_dir)
+    assert abs(evaluate(ev_cfg)["mIoU"] - metrics["mIoU"]) <= 0.02
+
+
+def test_device_speedups_apply_channels_last_and_compile():
+    import lightning as L
+
+    from segkit.callbacks import DeviceSpeedups
+    from segkit.models import UNet
+
+    module = L.LightningModule()
+    module.net = UNet("unet", 3, encoder_kwargs={"base_channels": 4, "depth": 2}).eval()
+    x = torch.randn(1, 3, 16, 16)
+    expected = module.net(x)
+    DeviceSpeedups(channels_last="auto").setup_module(module, torch.device("cpu"))
+    assert not module.channels_last and module.net.head.weight.is_contiguous()  # auto: off on CPU
+    DeviceSpeedups(channels_last=True, compile="eager").setup_module(module, torch.device("cpu"))
+    assert module.net.head.weight.is_contiguous(memory_format=torch.channels_last)
+    assert module.net._compiled_call_impl is not None and "_orig_mod" not in str(list(module.net.state_dict()))
+    torch.testing.assert_close(module.net(x.contiguous(memory_format=torch.channels_last)), expected)
+    with pytest.raises(ValueError, match="trainer.channels_last must be auto, true or false"):
+        DeviceSpeedups(channels_last="yes")
