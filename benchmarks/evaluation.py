@@ -75,7 +75,8 @@ def main() -> None:
                 t_ref += timed(lambda: reference.update(out["preds"], mask))  # not part of the total
             assert torch.equal(ours.compute(), reference.compute())
             base = base or total
-            print(f"| {name} | {args.images / total:.2f} | {total / base:.2f}x | {'—' if ratio is None else f'{ratio:.2f}'} "
+            shown_ratio = "—" if ratio is None else f"{ratio:.2f}"
+            print(f"| {name} | {args.images / total:.2f} | {total / base:.2f}x | {shown_ratio} "
                   f"| {100 * t_ours / total:.2f}% | {100 * t_ref / (total - t_ours + t_ref):.2f}% |", flush=True)
 
 

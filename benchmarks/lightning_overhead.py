@@ -3,8 +3,8 @@
     python benchmarks/lightning_overhead.py [--steps 60] [--repeats 3]
 
 Both loops train the default model (small U-Net) on the same pre-collated uint8 batches of the embedded dataset
-(48x48, batch 16) for the same number of steps, with normalisation, loss and AdamW identical. The first 5 steps are not timed
-(start-up). Prints the median seconds per step of each and the overhead (lightning / raw - 1).
+(48x48, batch 16) for the same number of steps, with normalisation, loss and AdamW identical. The first 5 steps are
+not timed (start-up). Prints the median seconds per step of each and the overhead (lightning / raw - 1).
 """
 from __future__ import annotations
 
