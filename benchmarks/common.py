@@ -7,7 +7,9 @@ import statistics
 import time
 from typing import Callable, Dict, List
 
+import lightning as L
 import torch
+from torch.utils.data import Dataset
 
 
 def machine() -> str:
@@ -49,3 +51,41 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 
 
 def median(values: List[float]) -> float:
     return statistics.median(values)
+
+
+class Batches(Dataset):
+    """``n`` pre-collated segkit batches (uint8 images, int64 masks) held in memory, for ``DataLoader(batch_size=None)``
+    or direct iteration over ``.items``; ``pin`` pins them for asynchronous host-to-GPU copies."""
+
+    def __init__(self, n: int, size: int, batch: int, classes: int, pin: bool = False) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.items = [{"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g),
+                       "mask": torch.randint(0, classes, (batch, size, size), generator=g), "name": ["x"] * batch}
+                      for _ in range(n)]
+        if pin:
+            self.items = [{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
+                          for item in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+class StepTimer(L.Callback):
+    """Wall time from the start of batch ``skip`` to the end of the last batch: steady state, no start-up.
+    Synchronises the device at both ends, so queued GPU work is counted."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.start, self.end = skip, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.skip:
+            sync()
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == trainer.num_training_batches - 1:
+            sync()
+            self.end = time.perf_counter()

@@ -78,6 +78,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--model-batches", type=int, default=3)
     args = p.parse_args()
+    if args.images < 16:
+        p.error("--images must be at least 16: two batches of 8, the first of which is not timed")
     print(f"machine: {machine()}")
     print(f"| format | workers | images/s delivered ({args.crop}x{args.crop} crops) |\n|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,46 +13,18 @@ import time
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from common import machine, median
+from common import Batches, StepTimer, machine, median
 from segkit.callbacks import EpochSummary
 from segkit.models import UNet
 from segkit.tasks import SegmentationTask
-
-
-class Batches(Dataset):
-    def __init__(self, n: int, size: int = 48, batch: int = 16):
-        g = torch.Generator().manual_seed(0)
-        self.items = [{"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g),
-                       "mask": torch.randint(0, 6, (batch, size, size), generator=g), "name": ["x"] * batch}
-                      for _ in range(n)]
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
 
 
 def make_task():
     torch.manual_seed(0)
     net = UNet("unet", 6, encoder_kwargs={"base_channels": 16, "depth": 4})
     return SegmentationTask(net, 6, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
-
-
-class StepTimer(L.Callback):
-    """Wall time from the start of batch ``skip`` to the end of the last batch: steady state, no start-up."""
-
-    def __init__(self, skip: int) -> None:
-        self.skip, self.start, self.end = skip, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.skip:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.end = time.perf_counter()
 
 
 def run_lightning(data: Batches, skip: int) -> float:
@@ -85,7 +57,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    data, skip = Batches(args.steps), 5
+    data, skip = Batches(args.steps, size=48, batch=16, classes=6), 5
     lightning, raw = [], []
     for _ in range(args.repeats):
         lightning.append(run_lightning(data, skip))
