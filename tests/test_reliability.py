@@ -184,6 +184,49 @@ def test_exif_orientation_applied_to_image_and_mask(tmp_path):
     assert m[0, 1] == 1 and image[0, 1, 0] > 200
 
 
+@pytest.mark.parametrize("num_classes, ignore_index, dtype", [(3, 255, torch.uint8), (256, 255, torch.uint8),
+                                                               (3, -1, torch.int64), (300, 255, torch.int64)])
+def test_masks_travel_as_uint8_when_labels_fit(tmp_path, num_classes, ignore_index, dtype):
+    """Masks stay uint8 through augmentation and collation when every label fits (8x fewer bytes to copy to the
+    GPU), int64 otherwise; padding uses ignore_index in either dtype, and the task widens them to int64."""
+    import albumentations as A
+
+    from segkit.data.dataset import pad_collate
+
+    src = _folder(tmp_path)
+    Image.fromarray(np.array([[0, 1, 2, 255, 1, 0, 0, 0]] * 6, np.uint8)).save(tmp_path / "masks" / "im1.png")
+    if ignore_index != 255:  # 255 is a real label only where it is the ignore value
+        Image.fromarray(np.array([[0, 1, 2, 2, 1, 0, 0, 0]] * 6, np.uint8)).save(tmp_path / "masks" / "im1.png")
+    pad = A.Compose([A.PadIfNeeded(8, 10, position="top_left", fill=0, fill_mask=ignore_index)])
+    ds = SegmentationDataset(src.samples("train"), num_classes, ignore_index, transform=pad)
+    items = [ds[0], ds[1]]
+    assert all(item["mask"].dtype == dtype for item in items)
+    short = dict(items[0], image=items[0]["image"][:, :6], mask=items[0]["mask"][:6])
+    batch = pad_collate([short, items[1]], ignore_index)
+    assert batch["mask"].dtype == dtype and (batch["mask"][0, 6:] == ignore_index).all()
+    assert (batch["mask"][1, 6:] == ignore_index).all() and batch["mask"][1, 0, :3].tolist() == [0, 1, 2]
+    target = SegmentationTask.targets(batch)
+    assert target.dtype == torch.int64 and torch.equal(target, batch["mask"].long())
+
+
+def test_sixteen_bit_mask_labels_above_255_kept(tmp_path):
+    src = _folder(tmp_path)
+    Image.fromarray(np.full((6, 8), 299, np.uint16)).save(tmp_path / "masks" / "im0.png")
+    item = SegmentationDataset(src.samples("train"), 300, 255)[0]
+    assert item["mask"].dtype == torch.int64 and (item["mask"] == 299).all()
+
+
+def test_uint8_masks_give_the_same_loss_and_metrics_as_int64():
+    torch.manual_seed(0)
+    task = SegmentationTask(torch.nn.Conv2d(3, 4, 1), num_classes=4)
+    batch = {"image": torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8),
+             "mask": torch.randint(0, 4, (2, 5, 5)), "name": ["a", "b"]}
+    batch["mask"][0, 0] = 255
+    wide = task.training_step(batch, 0)
+    narrow = task.training_step(dict(batch, mask=batch["mask"].to(torch.uint8)), 0)
+    assert torch.equal(wide, narrow)
+
+
 def test_padded_and_rotated_mask_pixels_are_ignore():
     import albumentations as A
 

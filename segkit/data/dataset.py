@@ -1,4 +1,4 @@
-"""One dataset class for every layout: read, map labels, validate, augment, return uint8 image + int64 mask."""
+"""One dataset class for every layout: read, map labels, validate, augment, return uint8 image + compact mask."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -7,14 +7,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segkit.data.io import DataError, check_mask_values, label_lookup, read_image, read_mask
+from segkit.data.io import DataError, check_mask_values, label_lookup, mask_dtype, read_image, read_mask
 from segkit.data.sources import Sample
 
 
 class SegmentationDataset(Dataset):
-    """Items are ``{"image": uint8 (3, H, W), "mask": int64 (H, W), "name": str}``.
+    """Items are ``{"image": uint8 (3, H, W), "mask": (H, W), "name": str}``; the mask is uint8 when the classes and
+    ``ignore_index`` fit in 0..255, else int64 (:func:`segkit.data.io.mask_dtype`).
 
-    Normalisation happens on the accelerator (see ``SegmentationTask``), so workers ship compact uint8 batches.
+    Normalisation and the widening of masks to int64 happen on the accelerator (see ``SegmentationTask``), so
+    workers augment, collate and ship compact uint8 batches.
     Each sample is validated when read: image/mask sizes agree and mask values are classes or ``ignore_index``.
     """
 
@@ -26,6 +28,7 @@ class SegmentationDataset(Dataset):
         self.samples = list(samples)
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.transform = transform
+        self.mask_dtype = mask_dtype(num_classes, ignore_index)
         self.lut = label_lookup(label_map, ignore_index)
 
     def __len__(self) -> int:
@@ -43,7 +46,7 @@ class SegmentationDataset(Dataset):
         if self.lut is not None:
             mask = self.lut[np.clip(mask, 0, len(self.lut) - 1)]
         check_mask_values(mask, self.num_classes, self.ignore_index, mask_path)
-        return image, mask
+        return image, mask.astype(self.mask_dtype, copy=False)  # safe: every value was just validated
 
     def __getitem__(self, index: Union[int, Tuple[int, int]]) -> Dict[str, Any]:
         """``index`` or ``(index, seed)``: with a seed (from :class:`SeededSampler`) the augmentation is
@@ -59,7 +62,7 @@ class SegmentationDataset(Dataset):
             image, mask = out["image"], out["mask"]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=self.mask_dtype)),  # albumentations: int64->int32
             "name": self.samples[index][0].stem,
         }
 
@@ -70,7 +73,7 @@ def pad_collate(batch: List[Dict[str, Any]], ignore_index: int = 255) -> Dict[st
     h = max(item["image"].shape[-2] for item in batch)
     w = max(item["image"].shape[-1] for item in batch)
     images = torch.zeros(len(batch), batch[0]["image"].shape[0], h, w, dtype=batch[0]["image"].dtype)
-    masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.long)
+    masks = torch.full((len(batch), h, w), ignore_index, dtype=batch[0]["mask"].dtype)
     for i, item in enumerate(batch):
         ih, iw = item["image"].shape[-2:]
         images[i, :, :ih, :iw] = item["image"]

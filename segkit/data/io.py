@@ -42,15 +42,18 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """An ``(H, W)`` int64 array of class indices. Palette PNGs give their indices (not colours); RGB colour masks
-    are refused unless all three channels are equal (a grey mask saved as RGB)."""
+    """An ``(H, W)`` integer array of class indices: uint8 for 8-bit masks, int64 for 16/32-bit ones. Palette
+    PNGs give their indices (not colours); RGB colour masks are refused unless all three channels are equal (a
+    grey mask saved as RGB)."""
     img = _open(path, "mask")
-    if img.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+    if img.mode in ("P", "L"):
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L"):
         return np.asarray(img).astype(np.int64)
     if img.mode in ("RGB", "RGBA"):
         arr = np.asarray(img.convert("RGB"))
         if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
-            return arr[..., 0].astype(np.int64)
+            return np.ascontiguousarray(arr[..., 0])
         raise DataError(
             f"mask {path} is an RGB colour image; segkit expects class indices (a palette or grayscale PNG). "
             "Convert colours to indices first (e.g. map each palette colour to its class id)."
@@ -74,6 +77,13 @@ def check_mask_values(mask: np.ndarray, num_classes: int, ignore_index: Optional
             f"mask {path} has values {values} outside [0, {num_classes}) that are not ignore_index={ignore_index}."
             f" Set data.num_classes to cover them, map them to class ids, or set them to {ignore_index}.{hint}"
         )
+
+
+def mask_dtype(num_classes: int, ignore_index: Optional[int]) -> np.dtype:
+    """The smallest dtype masks travel in: uint8 when every class and ``ignore_index`` fit in 0..255 (8x fewer
+    bytes to augment, collate and copy to the GPU than int64; the task widens them on the device), else int64."""
+    fits = num_classes <= 256 and (ignore_index is None or 0 <= ignore_index <= 255)
+    return np.dtype(np.uint8 if fits else np.int64)
 
 
 def label_lookup(label_map: Optional[dict], ignore_index: int, size: int = 256) -> Optional[np.ndarray]:

@@ -84,11 +84,17 @@ class SegmentationTask(L.LightningModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # ---- steps ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def targets(batch: Dict[str, Any]) -> torch.Tensor:
+        """The batch's masks as int64, widened here (on the device) from the uint8 the data loader ships."""
+        return batch["mask"].long()
+
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
         logits, aux = self._forward_with_aux(batch["image"])
-        loss = self.loss(logits, batch["mask"])
+        target = self.targets(batch)
+        loss = self.loss(logits, target)
         if aux is not None and self.aux_weight:
-            loss = loss + self.aux_weight * self.loss(aux, batch["mask"])
+            loss = loss + self.aux_weight * self.loss(aux, target)
         if not torch.isfinite(loss):
             message = (f"non-finite training loss ({loss.item()}) at step {self.global_step}, batch {batch_idx} "
                        f"(images {list(batch['name'])[:4]}). Lower task.optimizer.lr, check the data, or set "
@@ -102,9 +108,10 @@ class SegmentationTask(L.LightningModule):
 
     def _eval_step(self, batch: Dict[str, Any], metrics, stage: str) -> None:
         logits = self(batch["image"])
-        loss = self.loss(logits, batch["mask"])
+        target = self.targets(batch)
+        loss = self.loss(logits, target)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
-        metrics.update(logits.argmax(dim=1), batch["mask"])
+        metrics.update(logits.argmax(dim=1), target)
         self._eval_images += len(batch["image"])
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
