@@ -9,7 +9,11 @@ from typing import Callable, Dict, List
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.data import Dataset
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def machine() -> str:
@@ -29,9 +33,10 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> Dict[str, List[float]]:
-    """Seconds per call of each function, interleaved and alternating the order every round (ABBA...), so that
-    drift and "who runs first" effects hit all equally."""
+def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                value: bool = False) -> Dict[str, List[float]]:
+    """Seconds per call of each function (or, with ``value=True``, the number each call returns), interleaved and
+    alternating the order every round (ABBA...), so that drift and "who runs first" effects hit all equally."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -43,9 +48,9 @@ def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 
             fn = fns[name]
             sync()
             t0 = time.perf_counter()
-            fn()
+            result = fn()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(float(result) if value else time.perf_counter() - t0)
     return times
 
 
@@ -54,13 +59,14 @@ def median(values: List[float]) -> float:
 
 
 class Batches(Dataset):
-    """``n`` pre-collated segkit batches (uint8 images, int64 masks) held in memory, for ``DataLoader(batch_size=None)``
-    or direct iteration over ``.items``; ``pin`` pins them for asynchronous host-to-GPU copies."""
+    """``n`` pre-collated segkit batches (uint8 images and masks, as the data loader ships them) held in memory, for
+    ``DataLoader(batch_size=None)`` or direct iteration over ``.items``; ``pin`` pins them for asynchronous copies."""
 
     def __init__(self, n: int, size: int, batch: int, classes: int, pin: bool = False) -> None:
         g = torch.Generator().manual_seed(0)
         self.items = [{"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g),
-                       "mask": torch.randint(0, classes, (batch, size, size), generator=g), "name": ["x"] * batch}
+                       "mask": torch.randint(0, classes, (batch, size, size), dtype=torch.uint8, generator=g),
+                       "name": ["x"] * batch}
                       for _ in range(n)]
         if pin:
             self.items = [{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
@@ -89,3 +95,10 @@ class StepTimer(L.Callback):
         if batch_idx == trainer.num_training_batches - 1:
             sync()
             self.end = time.perf_counter()
+
+
+def run_callbacks() -> List[L.Callback]:
+    """The progress bar and per-epoch summary of ``configs/callbacks/default.yaml``, as a training run has them
+    (checkpointing, which the benchmarks switch off, left out)."""
+    cfg = OmegaConf.load(os.path.join(CONFIGS, "callbacks", "default.yaml"))
+    return [instantiate(cfg.progress_bar), instantiate(cfg.epoch_summary)]

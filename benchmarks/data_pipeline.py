@@ -16,11 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from common import machine
+from common import CONFIGS, machine
 from segkit.data import FolderSource, SegmentationDataModule
 from segkit.models import DeepLabV3Plus
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def make_folder(root: Path, n: int, fmt: str, size=(640, 800)) -> None:
@@ -38,7 +37,7 @@ def make_folder(root: Path, n: int, fmt: str, size=(640, 800)) -> None:
 
 
 def loader_rate(root: Path, workers: int, crop: int) -> float:
-    aug = OmegaConf.load(CONFIGS / "data" / "augment" / "scale_crop.yaml")
+    aug = OmegaConf.load(Path(CONFIGS) / "data" / "augment" / "scale_crop.yaml")
     cfg = OmegaConf.create({"data": {"crop_size": crop, "ignore_index": 255}, "aug": aug})
     transform = instantiate(cfg.aug)
     dm = SegmentationDataModule(FolderSource(str(root), val_ratio=0.0), num_classes=21, batch_size=8,

@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader
 
-from common import Batches, StepTimer, machine, sync
+from common import CONFIGS, Batches, StepTimer, machine, run_callbacks, sync
 from segkit.models import DeepLabV3Plus, UNet
 from segkit.tasks import SegmentationTask
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
 MODELS = {
@@ -54,7 +51,7 @@ def reference_recipe(net: torch.nn.Module, data: Batches, device: torch.device, 
     net = net.to(device).train()
     opt = sgd(net.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    host = [((b["image"].float() - MEAN) / STD, b["mask"]) for b in data.items]  # what its DataLoader yields
+    host = [((b["image"].float() - MEAN) / STD, b["mask"].long()) for b in data.items]  # what its loader yields
     if device.type == "cuda":
         host = [(x.pin_memory(), y.pin_memory()) for x, y in host]
     start = 0.0
@@ -87,7 +84,7 @@ def segkit_fast_path(net: torch.nn.Module, data: Batches, device: torch.device, 
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     timer = StepTimer(SKIP)
-    trainer = instantiate(cfg.trainer, callbacks=[timer, TQDMProgressBar(refresh_rate=10)], logger=False,
+    trainer = instantiate(cfg.trainer, callbacks=[*run_callbacks(), timer], logger=False,
                           max_epochs=1, enable_checkpointing=False, enable_model_summary=False,
                           limit_val_batches=0, default_root_dir=None)
     task = SegmentationTask(net, classes, optimizer=sgd, aux_weight=0.5)

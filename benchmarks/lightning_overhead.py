@@ -9,14 +9,14 @@ not timed (start-up). Prints the median seconds per step of each and the overhea
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from common import Batches, StepTimer, machine, median
-from segkit.callbacks import EpochSummary
+from common import Batches, StepTimer, interleaved, machine, median, run_callbacks
 from segkit.models import UNet
 from segkit.tasks import SegmentationTask
 
@@ -32,7 +32,7 @@ def run_lightning(data: Batches, skip: int) -> float:
     loader = DataLoader(data, batch_size=None, shuffle=False)
     timer = StepTimer(skip)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        callbacks=[EpochSummary(), timer], enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[*run_callbacks(), timer], enable_model_summary=False, num_sanity_val_steps=0,
                         enable_progress_bar=True, limit_val_batches=0)
     trainer.fit(task, train_dataloaders=loader)
     return (timer.end - timer.start) / (len(data) - skip)
@@ -45,7 +45,7 @@ def run_raw(data: Batches, skip: int) -> float:
     for i, batch in enumerate(data.items):
         if i == skip:
             t0 = time.perf_counter()
-        loss = task.loss(task(batch["image"]), batch["mask"])
+        loss = task.loss(task(batch["image"]), task.targets(batch))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -58,15 +58,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     data, skip = Batches(args.steps, size=48, batch=16, classes=6), 5
-    lightning, raw = [], []
-    for _ in range(args.repeats):
-        lightning.append(run_lightning(data, skip))
-        raw.append(run_raw(data, skip))
-    tl, tr = median(lightning), median(raw)
+    times = interleaved({"lightning": lambda: run_lightning(data, skip), "raw": lambda: run_raw(data, skip)},
+                        args.repeats, warmup=0, value=True)
+    tl, tr = median(times["lightning"]), median(times["raw"])
+    rounds = sorted(a / b - 1 for a, b in zip(times["lightning"], times["raw"]))
+    q1, q2, q3 = statistics.quantiles(rounds, n=4) if len(rounds) > 1 else rounds * 3
     print(f"machine: {machine()}")
     print(f"| loop | s/step (median of {args.repeats}) |\n|---|---|\n| raw PyTorch | {tr:.4f} |\n"
-          f"| Lightning (segkit task, EpochSummary, progress bar) | {tl:.4f} |")
-    print(f"Lightning overhead: {100 * (tl / tr - 1):+.1f}% of step time")
+          f"| Lightning (segkit task, the run's progress bar and EpochSummary) | {tl:.4f} |")
+    print(f"Lightning overhead: {100 * (tl / tr - 1):+.1f}% of step time "
+          f"(per-round median {100 * q2:+.1f}%, IQR [{100 * q1:+.1f}%, {100 * q3:+.1f}%])")
 
 
 if __name__ == "__main__":
