@@ -202,3 +202,28 @@ def test_device_speedups_apply_channels_last_and_compile():
     torch.testing.assert_close(module.net(x.contiguous(memory_format=torch.channels_last)), expected)
     with pytest.raises(ValueError, match="trainer.channels_last must be auto, true or false"):
         DeviceSpeedups(channels_last="yes")
+
+
+@pytest.mark.parametrize("aux_head", [False, True])
+def test_compiled_net_is_what_training_runs(aux_head):
+    """trainer.compile compiles the net in place; the training step (logits + aux logits) must go through the
+    compiled call, not around it, and give the eager step's loss."""
+    from segkit.models import DeepLabV3
+    from segkit.tasks import SegmentationTask
+
+    torch.manual_seed(0)
+    net = DeepLabV3("resnet18", 3, aux_head=aux_head).eval()  # eval: dropout and BN statistics deterministic
+    task = SegmentationTask(net, 3)
+    batch = {"image": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),
+             "mask": torch.randint(0, 3, (2, 32, 32), dtype=torch.uint8), "name": ["a", "b"]}
+    eager = task.training_step(batch, 0)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    net.compile(backend=counting_backend)
+    compiled = task.training_step(batch, 0)
+    assert graphs, "the training step bypassed the compiled module"
+    torch.testing.assert_close(compiled, eager)

@@ -23,8 +23,9 @@ class FCNHead(nn.Sequential):
 class Segmenter(nn.Module):
     """Holds the only ``forward`` of every segkit architecture.
 
-    ``forward(x)`` returns logits ``(N, num_classes, H, W)`` at the input size. ``forward_with_aux(x)`` also
-    returns the auxiliary head's logits (``None`` without one); training uses it.
+    ``forward(x)`` returns logits ``(N, num_classes, H, W)`` at the input size; ``forward(x, return_aux=True)``, or
+    ``forward_with_aux(x)``, returns ``(logits, aux_logits)`` (``None`` without an aux head); training uses it.
+    Both go through ``__call__``, so a ``module.compile()``-d model runs compiled either way.
     ``logits_upsampler`` (any segkit upsampler, called with the input size) brings coarse logits to full size;
     ``None`` means bilinear interpolation.
     """
@@ -46,10 +47,10 @@ class Segmenter(nn.Module):
         self.size_divisor = int(max(encoder.reductions))
         self.resize_logits = int(decoder.out_reduction) != 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_aux(x)[0]
-
     def forward_with_aux(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return self(x, return_aux=True)
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected an image batch of shape (N, {self.in_channels}, H, W), got "
                              f"{tuple(x.shape)}; set the model's in_channels to match your images")
@@ -62,6 +63,8 @@ class Segmenter(nn.Module):
         except ShapeError as exc:
             raise ShapeError(f"input size {size[0]}x{size[1]}: {exc} Sizes divisible by {self.size_divisor} "
                              f"always work; nearest: {self.nearest_size(size)}.") from None
+        if not return_aux:
+            return logits
         aux: Optional[torch.Tensor] = None
         if self.aux_head is not None:
             aux = F.interpolate(self.aux_head(features[self.aux_index]), size=size, mode="bilinear",
