@@ -54,10 +54,13 @@ class DeviceSpeedups(L.Callback):
         if not trainer.training:  # validate()/test() without fit
             self.setup_module(pl_module, trainer.strategy.root_device)
 
-    def setup_module(self, pl_module: L.LightningModule, device: torch.device) -> None:
+    def setup_module(self, pl_module: L.LightningModule, device: torch.device, autotune: bool = True) -> None:
+        """Apply the settings for ``device``; ``autotune=False`` leaves cudnn.benchmark alone (inference on images
+        of many sizes would re-tune for every new size)."""
         cuda = device.type == "cuda"
         if cuda:
-            torch.backends.cudnn.benchmark = True
+            if autotune:
+                torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         use_cl = cuda if self.channels_last == "auto" else bool(self.channels_last)

@@ -1,6 +1,7 @@
 """The importable functions behind scripts/: train, evaluate, predict. The scripts only compose configs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -122,15 +123,30 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _load_for_inference(cfg: DictConfig) -> tuple[Any, DictConfig, torch.device, Dict[str, Any]]:
+def autocast_for(device: torch.device, precision: Any) -> Any:
+    """The autocast context for ``precision``: ``32`` (none) or ``bf16``."""
+    if str(precision) in ("32", "32-true"):
+        return contextlib.nullcontext()
+    if str(precision) in ("bf16", "bf16-mixed"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be 32 or bf16, got {precision!r}")
+
+
+def _load_for_inference(cfg: DictConfig) -> tuple[Any, DictConfig, torch.device, Dict[str, Any], Any]:
     """What evaluate and predict share: check targets, rebuild the task from ``cfg.ckpt_path`` on the chosen
-    device, and the ``inference`` options as plain keyword arguments."""
+    device (channels_last and TF32 there when it is a GPU), the ``inference`` options as plain keyword arguments,
+    and the autocast context for ``cfg.precision``."""
+    from segkit.callbacks import DeviceSpeedups
+
     allowed = cfg.get("allowed_targets") or ()
     check_targets(cfg, allowed)
     task, ckpt_cfg = load_task_from_checkpoint(cfg.ckpt_path, allowed)
     device = pick_device(cfg.get("device", "auto"))
+    amp = autocast_for(device, cfg.get("precision", 32))
+    task = task.to(device)
+    DeviceSpeedups(channels_last="auto").setup_module(task, device, autotune=False)
     inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") is not None else {}
-    return task.to(device), ckpt_cfg, device, dict(inference or {})
+    return task, ckpt_cfg, device, dict(inference or {}), amp
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
@@ -141,7 +157,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     from segkit.inference import infer
     from segkit.metrics import format_table, segmentation_metrics, summarize
 
-    task, ckpt_cfg, device, inference = _load_for_inference(cfg)
+    task, ckpt_cfg, device, inference, amp = _load_for_inference(cfg)
     data_cfg = resolve_data_config(ckpt_cfg, cfg.get("data"))
     check_targets(data_cfg, cfg.get("allowed_targets") or (), source="data config")
     datamodule = instantiate(data_cfg)
@@ -152,7 +168,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     metrics = segmentation_metrics(task.num_classes, task.ignore_index).to(device)
     num_images = 0
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), amp:
         for batch in datamodule.eval_dataloader(split):
             logits = infer(task, batch["image"].to(device), **inference)
             metrics.update(logits.argmax(dim=1), batch["mask"].to(device))
@@ -178,7 +194,7 @@ def predict(cfg: DictConfig) -> List[Path]:
     from segkit.data.io import IMAGE_SUFFIXES, default_palette, read_image
     from segkit.inference import infer
 
-    task, ckpt_cfg, device, inference = _load_for_inference(cfg)
+    task, ckpt_cfg, device, inference, amp = _load_for_inference(cfg)
     source = Path(cfg.input)
     if source.is_dir():
         inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -195,7 +211,7 @@ def predict(cfg: DictConfig) -> List[Path]:
     flat = [c for colour in palette for c in colour] + [0] * (768 - 3 * len(palette))
     alpha = float(cfg.get("alpha", 0.5))
     written = []
-    with torch.inference_mode():
+    with torch.inference_mode(), amp:
         for path in inputs:
             image = read_image(path)
             x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None].to(device)

@@ -179,9 +179,16 @@ def test_fast_path_knobs_train_on_cpu(tmp_path, shared_data_dir):
                                 "trainer.precision=bf16-mixed", "trainer.channels_last=true", "trainer.compile=eager"], tmp_path, shared_data_dir)
     metrics = train(cfg)
     assert 0.0 <= metrics["mIoU"] <= 1.0 and metrics["num_images"] > 0
-    ev_cfg = compose_cfg("eval", [f"ckpt_path={tmp_path / 'run/checkpoints/best.ckpt'}",
-                                  f"output_dir={tmp_path / 'eval'}"], tmp_path, shared_data_dir)
-    assert abs(evaluate(ev_cfg)["mIoU"] - metrics["mIoU"]) <= 0.02
+    ckpt = tmp_path / "run/checkpoints/best.ckpt"
+    ev_cfg = compose_cfg("eval", [f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'eval'}"], tmp_path, shared_data_dir)
+    fp32 = evaluate(ev_cfg)["mIoU"]
+    assert abs(fp32 - metrics["mIoU"]) <= 0.02
+    # evaluation's own bf16 autocast (precision=bf16) agrees with fp32 up to bf16 rounding
+    ev_cfg = compose_cfg("eval", [f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'eval_bf16'}", "precision=bf16"],
+                         tmp_path, shared_data_dir)
+    assert abs(evaluate(ev_cfg)["mIoU"] - fp32) <= 0.02
+    with pytest.raises(ValueError, match="precision must be 32 or bf16, got 'fp8'"):
+        evaluate(compose_cfg("eval", [f"ckpt_path={ckpt}", "precision=fp8"], tmp_path, shared_data_dir))
 
 
 def test_device_speedups_apply_channels_last_and_compile():
