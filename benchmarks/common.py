@@ -33,6 +33,15 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes, the device synchronised before and after."""
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
 def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                 value: bool = False) -> Dict[str, List[float]]:
     """Seconds per call of each function (or, with ``value=True``, the number each call returns), interleaved and
@@ -45,17 +54,20 @@ def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int 
     names = list(fns)
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
-            fn = fns[name]
-            sync()
-            t0 = time.perf_counter()
-            result = fn()
-            sync()
-            times[name].append(float(result) if value else time.perf_counter() - t0)
+            if value:
+                times[name].append(float(fns[name]()))
+            else:
+                times[name].append(timed(fns[name]))
     return times
 
 
 def median(values: List[float]) -> float:
     return statistics.median(values)
+
+
+def quartiles(values: List[float]) -> List[float]:
+    """First quartile, median and third quartile (all three the value itself for a single value)."""
+    return statistics.quantiles(values, n=4) if len(values) > 1 else list(values) * 3
 
 
 class Batches(Dataset):

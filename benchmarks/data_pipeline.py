@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from common import CONFIGS, machine
+from common import CONFIGS, machine, sync
 from segkit.data import FolderSource, SegmentationDataModule
 from segkit.models import DeepLabV3Plus
 
@@ -60,13 +60,13 @@ def model_rate(crop: int, batches: int) -> float:
     t0 = None
     for i in range(batches + 1):
         if i == 1:
+            sync()
             t0 = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync()
     return 2 * batches / (time.perf_counter() - t0)
 
 

@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from common import machine, sync
+from common import machine, timed
 from segkit.inference import infer
 from segkit.metrics import segmentation_metrics
 from segkit.models import DeepLabV3Plus
-
-
-def timed(fn) -> float:
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
 
 
 def pixel_ratio(size: int, window: int, stride: int) -> float:

@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader
 from common import CONFIGS, Batches, StepTimer, machine, run_callbacks, sync
 from segkit.models import DeepLabV3Plus, UNet
 from segkit.tasks import SegmentationTask
+from segkit.tasks.segmentation import IMAGENET_MEAN, IMAGENET_STD
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 MODELS = {
     "DeepLabV3+-R101 os8": lambda classes: DeepLabV3Plus("resnet101", classes, output_stride=8),
     "UNet-R34": lambda classes: UNet("resnet34", classes),
@@ -61,7 +62,7 @@ def reference_recipe(net: torch.nn.Module, data: Batches, device: torch.device, 
             start = time.perf_counter()
         image, target = image.to(device), target.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            if hasattr(net, "forward_with_aux") and getattr(net, "aux_head", None) is not None:
+            if getattr(net, "aux_head", None) is not None:
                 out, aux = net.forward_with_aux(image)
                 loss = F.cross_entropy(out, target, ignore_index=255) + 0.5 * F.cross_entropy(aux, target,
                                                                                              ignore_index=255)

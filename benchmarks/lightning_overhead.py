@@ -9,14 +9,13 @@ not timed (start-up). Prints the median seconds per step of each and the overhea
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from common import Batches, StepTimer, interleaved, machine, median, run_callbacks
+from common import Batches, StepTimer, interleaved, machine, median, quartiles, run_callbacks
 from segkit.models import UNet
 from segkit.tasks import SegmentationTask
 
@@ -61,8 +60,7 @@ def main() -> None:
     times = interleaved({"lightning": lambda: run_lightning(data, skip), "raw": lambda: run_raw(data, skip)},
                         args.repeats, warmup=0, value=True)
     tl, tr = median(times["lightning"]), median(times["raw"])
-    rounds = sorted(a / b - 1 for a, b in zip(times["lightning"], times["raw"]))
-    q1, q2, q3 = statistics.quantiles(rounds, n=4) if len(rounds) > 1 else rounds * 3
+    q1, q2, q3 = quartiles([a / b - 1 for a, b in zip(times["lightning"], times["raw"])])
     print(f"machine: {machine()}")
     print(f"| loop | s/step (median of {args.repeats}) |\n|---|---|\n| raw PyTorch | {tr:.4f} |\n"
           f"| Lightning (segkit task, the run's progress bar and EpochSummary) | {tl:.4f} |")

@@ -10,14 +10,13 @@ ratios (each round times both models back to back, so drift cancels within a rou
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from common import interleaved, machine, median
+from common import interleaved, machine, median, quartiles
 from segkit.models import DeepLabV3, UNet
 
 
@@ -104,8 +103,7 @@ def main() -> None:
         a, b = ours().to(dev).train(), ref().to(dev).train()
         times = interleaved({"segkit": step_fn(a, x, y, aux), "reference": step_fn(b, x, y, False)}, args.repeats)
         ta, tb = median(times["segkit"]), median(times["reference"])
-        rounds = sorted(sa / sb for sa, sb in zip(times["segkit"], times["reference"]))
-        q1, q2, q3 = statistics.quantiles(rounds, n=4) if len(rounds) > 1 else rounds * 3
+        q1, q2, q3 = quartiles([sa / sb for sa, sb in zip(times["segkit"], times["reference"])])
         print(f"| {name} | {ta:.3f} | {tb:.3f} | {ta / tb:.3f} | {q2:.3f} [{q1:.3f}, {q3:.3f}] |", flush=True)
 
 

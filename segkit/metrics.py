@@ -37,9 +37,7 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
             raise ValueError(f"confusion matrix update: predictions {tuple(preds.shape)} and targets "
                              f"{tuple(target.shape)} must have the same shape")
         target = target.reshape(-1)
-        index = target.to(torch.int32)  # a copy for every input dtype except int32
-        if index.data_ptr() == target.data_ptr():
-            index = index.clone()
+        index = target.to(torch.int32, copy=True)  # built in place below; the input stays untouched
         if self.ignore_index is not None:
             index.masked_fill_(target == self.ignore_index, n)  # the extra row n, dropped below
         index.mul_(n).add_(preds.reshape(-1))
