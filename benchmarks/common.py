@@ -109,8 +109,9 @@ class StepTimer(L.Callback):
             self.end = time.perf_counter()
 
 
-def run_callbacks() -> List[L.Callback]:
-    """The progress bar and per-epoch summary of ``configs/callbacks/default.yaml``, as a training run has them
-    (checkpointing, which the benchmarks switch off, left out)."""
+def run_callbacks(compile_net: bool = False) -> List[L.Callback]:
+    """The progress bar, per-epoch summary and device speed settings of ``configs/callbacks/default.yaml``, as a
+    training run has them (checkpointing, which the benchmarks switch off, left out)."""
     cfg = OmegaConf.load(os.path.join(CONFIGS, "callbacks", "default.yaml"))
-    return [instantiate(cfg.progress_bar), instantiate(cfg.epoch_summary)]
+    cfg.speed.compile = compile_net
+    return [instantiate(cfg.progress_bar), instantiate(cfg.epoch_summary), instantiate(cfg.speed)]

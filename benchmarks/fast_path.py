@@ -11,7 +11,7 @@ images/s (the first 5 steps are not timed; the device is synchronised at both en
   option (fp16 autocast + GradScaler).
 - segkit: `scripts/train.py trainer=gpu`'s Trainer, composed from `configs/trainer/gpu.yaml` (bf16-mixed,
   channels_last, cudnn.benchmark, TF32, uint8 batches normalised on the device), with the segkit task and the
-  same optimizer; `--compile` adds `trainer.compile=true`. Progress bar on, loggers and checkpoints off.
+  same optimizer; `--compile` adds `callbacks.speed.compile=true`. Progress bar on, loggers and checkpoints off.
 
 On a machine without CUDA, `--device cpu` runs the same code at small sizes (the fast path's switches are then
 what `trainer=gpu` would use, on CPU), which the test suite does to keep this script working.
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from common import CONFIGS, Batches, StepTimer, machine, run_callbacks, sync
 from segkit.models import DeepLabV3Plus, UNet
 from segkit.tasks import SegmentationTask
-from segkit.tasks.segmentation import IMAGENET_MEAN, IMAGENET_STD
+from segkit.data.spec import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
@@ -79,13 +79,13 @@ def reference_recipe(net: torch.nn.Module, data: Batches, device: torch.device, 
 def segkit_fast_path(net: torch.nn.Module, data: Batches, device: torch.device, classes: int,
                      compile_net: bool) -> float:
     """The Trainer that `trainer=gpu` composes; returns images/s over the steps after the first ``SKIP``."""
-    overrides = ["trainer=gpu", f"trainer.compile={str(compile_net).lower()}"]
+    overrides = ["trainer=gpu"]
     if device.type != "cuda":
         overrides += ["trainer.accelerator=cpu"]
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     timer = StepTimer(SKIP)
-    trainer = instantiate(cfg.trainer, callbacks=[*run_callbacks(), timer], logger=False,
+    trainer = instantiate(cfg.trainer, callbacks=[*run_callbacks(compile_net), timer], logger=False,
                           max_epochs=1, enable_checkpointing=False, enable_model_summary=False,
                           limit_val_batches=0, default_root_dir=None)
     task = SegmentationTask(net, classes, optimizer=sgd, aux_weight=0.5)
@@ -102,7 +102,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="steps per run, the first 5 untimed")
     p.add_argument("--classes", type=int, default=21)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--compile", action="store_true", help="segkit side with trainer.compile=true")
+    p.add_argument("--compile", action="store_true", help="segkit side with callbacks.speed.compile=true")
     p.add_argument("--ref-amp", action="store_true", help="also time the reference recipe with its --amp")
     args = p.parse_args()
     if args.steps <= SKIP:

@@ -4,7 +4,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from segkit.export import export_onnx, export_torchscript, save_safetensors, write_sidecar
+from segkit.export import export_onnx, export_torchscript, input_contract, save_safetensors, write_sidecar
 from segkit.pipeline import load_task_from_checkpoint
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -14,19 +14,17 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 def main(cfg: DictConfig) -> None:
     if cfg.format not in SUFFIX:
         raise SystemExit(f"format={cfg.format!r}: choose one of {sorted(SUFFIX)}")
-    task, run_cfg = load_task_from_checkpoint(cfg.ckpt_path, cfg.get("allowed_targets") or ())
+    task, _ = load_task_from_checkpoint(cfg.ckpt_path, cfg.get("allowed_targets") or ())
     out = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(SUFFIX[cfg.format])
+    input_dtype = str(cfg.get("input_dtype", "uint8"))
     if cfg.format == "onnx":
-        export_onnx(task, out, cfg.example_size)
+        export_onnx(task, out, cfg.example_size, input_dtype=input_dtype)
     elif cfg.format == "torchscript":
-        export_torchscript(task, out, cfg.example_size)
+        export_torchscript(task, out, cfg.example_size, input_dtype=input_dtype)
     else:
         save_safetensors(task.net, out, {"class_names": ",".join(task.class_names)})
-    write_sidecar(out.with_suffix(".json"), task.class_names, run_cfg.data.get("palette"),
-                  {"dtype": "uint8 or float32, 0-255", "layout": "NCHW RGB", "height_width": "dynamic",
-                   "normalisation": "built in" if cfg.format != "safetensors" else
-                   {"mean": [float(v) / 255 for v in task.mean.flatten()],
-                    "std": [float(v) / 255 for v in task.std.flatten()]}})
+    write_sidecar(out.with_suffix(".json"), task.class_names, task.spec.palette,
+                  input_contract(task, input_dtype, baked_in=cfg.format != "safetensors"))
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 

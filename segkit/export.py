@@ -1,6 +1,6 @@
-"""Export a trained model for deployment: ONNX or TorchScript taking raw image batches (uint8 or float, 0-255,
-dynamic height/width), normalisation baked in, plus a JSON sidecar with class names and palette; and weights as
-safetensors."""
+"""Export a trained model for deployment: ONNX or TorchScript taking raw image batches (uint8 0-255, or float 0-1
+for 16-bit/float data; dynamic batch/height/width), normalisation baked in, plus a JSON sidecar with class names,
+palette and the input contract; and weights as safetensors."""
 from __future__ import annotations
 
 import json
@@ -10,30 +10,58 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from segkit.data.io import default_palette
+from segkit.data.spec import default_palette
 from segkit.models.layers.upsample import ConvTransposeUpsample, PixelShuffleUpsample
 
 
 class NormalizedModel(nn.Module):
-    """``images (N, C, H, W)`` in 0-255 -> logits; ``(x - mean) / std`` inside the graph."""
+    """Raw images ``(N, C, H, W)`` -> logits, ``(x / scale - mean) / std`` inside the graph.
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    ``mean``/``std`` are per channel in 0-1 units; ``input_dtype="uint8"`` takes 0-255 images (the scale is folded
+    into mean/std), ``"float32"`` takes images already in 0-1 (how segkit reads 16-bit and float files).
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], input_dtype: str = "uint8"
+                 ) -> None:
         super().__init__()
-        self.net = net
-        self.register_buffer("mean", mean.detach().clone().float().view(1, -1, 1, 1))
-        self.register_buffer("std", std.detach().clone().float().view(1, -1, 1, 1))
+        if input_dtype not in INPUT_SCALE:
+            raise ValueError(f"input_dtype must be one of {sorted(INPUT_SCALE)}, got {input_dtype!r}")
+        self.net, self.input_dtype = net, input_dtype
+        scale = INPUT_SCALE[input_dtype]
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1) * scale)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1) * scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((images.float() - self.mean) / self.std)
 
 
-def normalized_model(task: Any) -> NormalizedModel:
-    """Wrap a ``SegmentationTask``'s network with its normalisation (task buffers are already in 0-255 units)."""
-    return NormalizedModel(task.net, task.mean, task.std).eval()
+INPUT_SCALE = {"uint8": 255.0, "float32": 1.0}
+
+
+def normalized_model(task: Any, input_dtype: str = "uint8") -> NormalizedModel:
+    """Wrap a ``SegmentationTask``'s network with its data spec's normalisation."""
+    return NormalizedModel(task.net, task.spec.mean, task.spec.std, input_dtype).eval()
 
 
 def _example(model: NormalizedModel, size: int) -> torch.Tensor:
-    return torch.randint(0, 256, (2, int(model.mean.shape[1]), size, size), dtype=torch.uint8)
+    shape = (2, int(model.mean.shape[1]), size, size)
+    if model.input_dtype == "uint8":
+        return torch.randint(0, 256, shape, dtype=torch.uint8)
+    return torch.rand(shape)
+
+
+def input_contract(task: Any, input_dtype: str = "uint8", baked_in: bool = True) -> Dict[str, Any]:
+    """The sidecar's description of what the exported model takes."""
+    spec = task.spec
+    info: Dict[str, Any] = {"layout": "NCHW", "channels": spec.in_channels, "height_width": "dynamic",
+                            "dtype": input_dtype,
+                            "range": "0-255" if input_dtype == "uint8" else "0-1 (16-bit images divided by 65535)"}
+    norm = {"mean": list(spec.mean), "std": list(spec.std), "units": "0-1: x = image / 255 (uint8) or image (0-1 "
+            "float), then (x - mean) / std"}
+    info["normalisation"] = "built in" if baked_in else norm
+    if baked_in:
+        info["normalisation_applied"] = norm
+    return info
 
 
 def _dynamic_dims(net: nn.Module):
@@ -45,8 +73,9 @@ def _dynamic_dims(net: nn.Module):
     return batch, torch.export.Dim("height", min=64, max=8192), torch.export.Dim("width", min=64, max=8192)
 
 
-def export_onnx(task: Any, path: str | Path, example_size: int = 128, opset: int = 18) -> Path:
-    model = normalized_model(task)
+def export_onnx(task: Any, path: str | Path, example_size: int = 128, opset: int = 18, input_dtype: str = "uint8"
+                ) -> Path:
+    model = normalized_model(task, input_dtype)
     batch, h, w = _dynamic_dims(model.net)
     size = max(example_size, 2 * int(getattr(model.net, "size_divisor", 32)))
     size -= size % int(getattr(model.net, "size_divisor", 1))
@@ -57,8 +86,8 @@ def export_onnx(task: Any, path: str | Path, example_size: int = 128, opset: int
     return Path(path)
 
 
-def export_torchscript(task: Any, path: str | Path, example_size: int = 128) -> Path:
-    model = normalized_model(task)
+def export_torchscript(task: Any, path: str | Path, example_size: int = 128, input_dtype: str = "uint8") -> Path:
+    model = normalized_model(task, input_dtype)
     with torch.no_grad():
         traced = torch.jit.trace(model, (_example(model, example_size),), check_trace=False)
     traced.save(str(path))

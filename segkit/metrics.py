@@ -38,14 +38,19 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
                              f"{tuple(target.shape)} must have the same shape")
         target = target.reshape(-1)
         index = target.to(torch.int32, copy=True)  # built in place below; the input stays untouched
+        ignored = 0
         if self.ignore_index is not None:
-            index.masked_fill_(target == self.ignore_index, n)  # the extra row n, dropped below
+            mask = target == self.ignore_index
+            index.masked_fill_(mask, n)  # the extra row n, dropped below
+            ignored = mask.sum()
         index.mul_(n).add_(preds.reshape(-1))
         try:
             counts = torch.bincount(index, minlength=n * (n + 1))
         except RuntimeError as err:  # negative bin: a negative label that is not ignore_index
             raise ValueError(self._bad_labels(target)) from err
-        if counts.numel() > n * (n + 1):
+        # row n holds the ignored pixels and nothing else: a label equal to num_classes would land there too
+        # (bincount syncs with the host anyway to size its output, so these checks cost no extra sync)
+        if counts.numel() > n * (n + 1) or bool(counts[n * n:].sum() != ignored):
             raise ValueError(self._bad_labels(target))
         self.confmat += counts[: n * n].view(n, n)
 

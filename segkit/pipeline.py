@@ -1,13 +1,12 @@
 """The importable functions behind scripts/: train, evaluate, predict. The scripts only compose configs."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import lightning as L
 import torch
@@ -57,25 +56,46 @@ def dry_run(net: torch.nn.Module, crop_size: Optional[int], batch_size: int = 2)
         net.train(was_training)
 
 
+def resolve_resume(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
+    """``ckpt_path=last`` means ``<run dir>/checkpoints/last.ckpt``, which must exist: resuming that silently starts
+    a fresh run would overwrite the run's checkpoints."""
+    if ckpt_path != "last":
+        if ckpt_path and not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint to resume from")
+        return ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path=last: no {last} to resume from (the run directory is {run_dir}). Resume a run by pointing "
+            "hydra.run.dir at its directory, give ckpt_path=<path to a .ckpt>, or drop ckpt_path to start afresh.")
+    return str(last)
+
+
+def build_task(cfg: DictConfig, datamodule: Any) -> Any:
+    """The network and the task for ``cfg``, checked against the data's spec (classes, channels, ignore_index)."""
+    spec = datamodule.spec
+    net = instantiate(cfg.model)
+    spec.check_model(getattr(net, "num_classes", spec.num_classes), getattr(net, "in_channels", spec.in_channels),
+                     where=f"model ({cfg.model.get('_target_')})")
+    dry_run(net, datamodule.crop_size)
+    task = instantiate(cfg.task, net=net, spec=spec)
+    task.run_config = to_plain(cfg)  # set after instantiate: Hydra would instantiate the _target_s inside
+    return task
+
+
 def train(cfg: DictConfig) -> Dict[str, Any]:
     """Compose -> data, model, task, trainer -> fit -> validate the best checkpoint -> metrics.json."""
     check_targets(cfg, cfg.get("allowed_targets") or ())
     run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_resume(cfg.get("ckpt_path"), run_dir)
     ensure_writable(run_dir, "run directory")
     L.seed_everything(cfg.seed, workers=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model)
-    dry_run(net, datamodule.crop_size)
-    task = instantiate(cfg.task, net=net)
-    task.run_config = to_plain(cfg)  # set after instantiate: Hydra would instantiate the _target_s inside
+    task = build_task(cfg, datamodule)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")),
                           logger=_instantiate_group(cfg.get("logger")) or False)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        ckpt_path = str(last) if last.is_file() else None
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
@@ -87,7 +107,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     metrics.update({"checkpoint": best or None, "fit_seconds": round(fit_seconds, 1)})
     if cfg.get("test"):
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        write_json_atomic(run_dir / "metrics_test.json", task.last_metrics)
+        if trainer.is_global_zero:
+            write_json_atomic(run_dir / "metrics_test.json", task.last_metrics)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
         from segkit.metrics import format_table
@@ -97,11 +118,17 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
 
 
 def load_task_from_checkpoint(ckpt_path: str, allowed=()) -> tuple[Any, DictConfig]:
-    """Rebuild the trained task (network, normalisation, class names) from the checkpoint alone."""
+    """Rebuild the trained task (network, spec: classes, channels, normalisation) from the checkpoint alone."""
+    from segkit.data.spec import DataSpec
+
     ckpt = load_checkpoint(ckpt_path)
     cfg = model_config_from_checkpoint(ckpt, allowed, ckpt_path)
+    spec = ckpt["segkit"].get("spec")
+    if spec is None:
+        raise ValueError(f"{ckpt_path} was written by segkit 0.1 (no data spec inside); retrain it with this version "
+                         "or evaluate it with segkit 0.1")
     net = instantiate(cfg.model)
-    task = instantiate(cfg.task, net=net)
+    task = instantiate(cfg.task, net=net, spec=DataSpec.from_dict(spec))
     task.run_config = ckpt["segkit"]["config"]
     task.load_state_dict(ckpt["state_dict"])
     return task.eval(), cfg
@@ -117,110 +144,105 @@ def resolve_data_config(ckpt_cfg: DictConfig, cli_data: Optional[DictConfig]) ->
     return data
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+PRECISION = {"32": "32-true", "32-true": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed"}
 
 
-def autocast_for(device: torch.device, precision: Any) -> Any:
-    """The autocast context for ``precision``: ``32`` (none) or ``bf16``."""
-    if str(precision) in ("32", "32-true"):
-        return contextlib.nullcontext()
-    if str(precision) in ("bf16", "bf16-mixed"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise ValueError(f"precision must be 32 or bf16, got {precision!r}")
-
-
-def _load_for_inference(cfg: DictConfig) -> tuple[Any, DictConfig, torch.device, Dict[str, Any], Any]:
-    """What evaluate and predict share: check targets, rebuild the task from ``cfg.ckpt_path`` on the chosen
-    device (channels_last and TF32 there when it is a GPU), the ``inference`` options as plain keyword arguments,
-    and the autocast context for ``cfg.precision``."""
+def inference_trainer(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> L.Trainer:
+    """A single-device Trainer for evaluate/predict: ``device`` (auto, cpu, cuda, cuda:N) and ``precision`` (32 or
+    bf16) from ``cfg``; channels_last and TF32 on a GPU; no cudnn re-tuning per image size; no logger/checkpoints."""
     from segkit.callbacks import DeviceSpeedups
+
+    precision = str(cfg.get("precision", 32))
+    if precision not in PRECISION:
+        raise ValueError(f"precision must be 32 or bf16, got {precision!r}")
+    device = str(cfg.get("device", "auto"))
+    if device == "auto":
+        accelerator, devices = "auto", 1
+    elif device.startswith("cuda"):
+        accelerator, devices = "gpu", [int(device.split(":")[1])] if ":" in device else 1
+    elif device == "cpu":
+        accelerator, devices = "cpu", 1
+    else:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return L.Trainer(accelerator=accelerator, devices=devices, precision=PRECISION[precision], logger=False,
+                     enable_checkpointing=False, enable_model_summary=False, benchmark=False,
+                     callbacks=[DeviceSpeedups(channels_last="auto"), *callbacks],
+                     enable_progress_bar=bool(cfg.get("progress_bar", True)))
+
+
+def _inference_options(cfg: DictConfig) -> Dict[str, Any]:
+    inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") is not None else {}
+    return dict(inference or {"mode": "whole"})
+
+
+def evaluate(cfg: DictConfig) -> Dict[str, Any]:
+    """Rebuild the model from ``cfg.ckpt_path`` and score a split through the same Lightning validation step that
+    training uses (so training-time and evaluation-time mIoU agree exactly); write metrics.json and the confusion
+    matrix as CSV and PNG."""
+    import numpy as np
+
+    from segkit.analysis.plots import confusion_matrix_image
+    from segkit.metrics import format_table
 
     allowed = cfg.get("allowed_targets") or ()
     check_targets(cfg, allowed)
     task, ckpt_cfg = load_task_from_checkpoint(cfg.ckpt_path, allowed)
-    device = pick_device(cfg.get("device", "auto"))
-    amp = autocast_for(device, cfg.get("precision", 32))
-    task = task.to(device)
-    DeviceSpeedups(channels_last="auto").setup_module(task, device, autotune=False)
-    inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") is not None else {}
-    return task, ckpt_cfg, device, dict(inference or {}), amp
-
-
-def evaluate(cfg: DictConfig) -> Dict[str, Any]:
-    """Rebuild the model from ``cfg.ckpt_path``, run it on a split, write metrics.json + confusion_matrix.png."""
-    import numpy as np
-
-    from segkit.analysis.plots import confusion_matrix_image
-    from segkit.inference import infer
-    from segkit.metrics import format_table, segmentation_metrics, summarize
-
-    task, ckpt_cfg, device, inference, amp = _load_for_inference(cfg)
+    if cfg.get("seed") is None:  # the same seeded splits as training
+        with open_dict(cfg):
+            cfg.seed = ckpt_cfg.get("seed", 0)
     data_cfg = resolve_data_config(ckpt_cfg, cfg.get("data"))
-    check_targets(data_cfg, cfg.get("allowed_targets") or (), source="data config")
+    check_targets(data_cfg, allowed, source="data config")
     datamodule = instantiate(data_cfg)
+    check_data_matches(task, datamodule)
     split = datamodule.split
     run_dir = Path(cfg.ckpt_path).resolve().parent.parent
     output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir / f"eval-{split}"
     ensure_writable(output_dir)
-    metrics = segmentation_metrics(task.num_classes, task.ignore_index).to(device)
-    num_images = 0
+    task.inference = _inference_options(cfg)
+    trainer = inference_trainer(cfg)
     start = time.perf_counter()
-    with torch.inference_mode(), amp:
-        for batch in datamodule.eval_dataloader(split):
-            logits = infer(task, batch["image"].to(device), **inference)
-            metrics.update(logits.argmax(dim=1), batch["mask"].to(device))
-            num_images += len(batch["image"])
+    trainer.validate(task, dataloaders=datamodule.eval_dataloader(split), verbose=False)
     seconds = time.perf_counter() - start
-    confusion = metrics.compute()
-    summary = {**summarize(confusion, task.class_names), "num_images": num_images, "split": split}
+    summary = {**task.last_metrics, "split": split}
     write_json_atomic(output_dir / "metrics.json", summary)
-    cm = confusion.cpu().numpy()
+    cm = task.last_confusion.numpy()
     np.savetxt(output_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",")
     confusion_matrix_image(cm, task.class_names).save(output_dir / "confusion_matrix.png")
     print(format_table(summary))
-    print(f"{num_images} images ({split}) in {seconds:.1f} s, inference={inference.get('mode', 'whole')}; "
+    print(f"{summary['num_images']} images ({split}) in {seconds:.1f} s, inference={task.inference.get('mode')}; "
           f"results in {output_dir}")
     return summary
 
 
+def check_data_matches(task: Any, datamodule: Any) -> None:
+    """Evaluating on another dataset: its classes, ignore_index and channels must be the model's."""
+    spec = task.spec
+    for key, mine, theirs in (("num_classes", spec.num_classes, datamodule.num_classes),
+                              ("ignore_index", spec.ignore_index, datamodule.ignore_index),
+                              ("in_channels", spec.in_channels, datamodule.in_channels)):
+        if mine != theirs:
+            raise ValueError(f"the checkpoint's model has {key}={mine} but the data config has data.{key}={theirs}; "
+                             f"set data.{key}={mine} (or map the dataset's labels to the model's classes)")
+
+
 def predict(cfg: DictConfig) -> List[Path]:
-    """Write a palette PNG mask (class indices) and a colour overlay for every input image."""
-    import numpy as np
-    from PIL import Image
+    """Write a palette PNG mask (class indices) and a colour overlay for every input image, through the task's
+    predict step (the inference mode of ``cfg.inference``)."""
+    from torch.utils.data import DataLoader
 
-    from segkit.data.io import IMAGE_SUFFIXES, default_palette, read_image
-    from segkit.inference import infer
+    from segkit.callbacks import MaskWriter
+    from segkit.data.dataset import ImageFolder
 
-    task, ckpt_cfg, device, inference, amp = _load_for_inference(cfg)
-    source = Path(cfg.input)
-    if source.is_dir():
-        inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif source.is_file():
-        inputs = [source]
-    else:
-        raise FileNotFoundError(f"input={source} is neither an image nor a folder of images")
-    if not inputs:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in input={source}")
+    allowed = cfg.get("allowed_targets") or ()
+    check_targets(cfg, allowed)
+    task, _ = load_task_from_checkpoint(cfg.ckpt_path, allowed)
+    images = ImageFolder(cfg.input, channels=task.spec.in_channels)
     output = Path(cfg.output)
     ensure_writable(output)
-    palette = ckpt_cfg.data.get("palette") or default_palette(task.num_classes)
-    palette_arr = np.array(palette, dtype=np.uint8)
-    flat = [c for colour in palette for c in colour] + [0] * (768 - 3 * len(palette))
-    alpha = float(cfg.get("alpha", 0.5))
-    written = []
-    with torch.inference_mode(), amp:
-        for path in inputs:
-            image = read_image(path)
-            x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None].to(device)
-            pred = infer(task, x, **inference).argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
-            mask = Image.fromarray(pred, mode="P")
-            mask.putpalette(flat)
-            mask.save(output / f"{path.stem}.png")
-            overlay = (image * (1 - alpha) + palette_arr[pred] * alpha).round().astype(np.uint8)
-            Image.fromarray(overlay).save(output / f"{path.stem}_overlay.png")
-            written.append(output / f"{path.stem}.png")
-    print(f"wrote {len(written)} masks and overlays to {output}")
-    return written
+    task.inference = _inference_options(cfg)
+    writer = MaskWriter(output, task.spec.palette, float(cfg.get("alpha", 0.5)))
+    trainer = inference_trainer(cfg, callbacks=[writer])
+    loader = DataLoader(images, batch_size=1, num_workers=int(cfg.get("num_workers", 0)), collate_fn=ImageFolder.collate)
+    trainer.predict(task, dataloaders=loader, return_predictions=False)
+    print(f"wrote {len(writer.written)} masks and overlays to {output}")
+    return writer.written

@@ -101,10 +101,14 @@ def test_update_under_deterministic_algorithms():
     assert m.compute().tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
 
 
-@pytest.mark.parametrize("bad", [7, -3])
-def test_update_rejects_labels_outside_the_classes(bad):
-    m = segmentation_metrics(4, 255)
-    with pytest.raises(ValueError, match=rf"target labels \[{bad}\] are neither classes 0..3 nor ignore_index 255"):
-        m.update(torch.tensor([[0, 1, 2]]), torch.tensor([[0, bad, 255]]))
+@pytest.mark.parametrize("bad", [7, -3, 4])  # 4 == num_classes: the row that holds ignored pixels
+@pytest.mark.parametrize("ignore_index", [255, None])
+def test_update_rejects_labels_outside_the_classes(bad, ignore_index):
+    m = segmentation_metrics(4, ignore_index)
+    target = torch.tensor([[0, bad, 255 if ignore_index is not None else 1]])
+    with pytest.raises(ValueError, match=rf"target labels \[{bad}\] are neither classes 0..3 nor ignore_index "
+                                         rf"{ignore_index}"):
+        m.update(torch.tensor([[0, 1, 2]]), target)
+    assert m.compute().sum() == 0  # nothing counted from the rejected batch
     with pytest.raises(ValueError, match="must have the same shape"):
         m.update(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))

@@ -160,14 +160,30 @@ def test_palette_mask_read_as_indices(tmp_path):
     assert read_mask(tmp_path / "m.png").tolist() == [[0, 1], [2, 255]]
 
 
-def test_grayscale_rgba_and_16bit_images(tmp_path):
+def test_grayscale_rgba_16bit_and_multiband_images(tmp_path):
+    import tifffile
+
     Image.fromarray(np.array([[0, 128]], np.uint8), mode="L").save(tmp_path / "g.png")
-    assert read_image(tmp_path / "g.png").tolist() == [[[0, 0, 0], [128, 128, 128]]]
+    assert read_image(tmp_path / "g.png").tolist() == [[[0], [128]]]  # native: one channel
+    assert read_image(tmp_path / "g.png", channels=3).tolist() == [[[0, 0, 0], [128, 128, 128]]]
     rgba = np.array([[[10, 20, 30, 0]]], np.uint8)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
-    assert read_image(tmp_path / "a.png").tolist() == [[[10, 20, 30]]]
+    assert read_image(tmp_path / "a.png", channels=3).tolist() == [[[10, 20, 30]]]
+    rgb = np.array([[[10, 20, 30], [200, 100, 50]]], np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    expected = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.int64)  # PIL's own luminance
+    assert np.abs(read_image(tmp_path / "c.png", channels=1)[..., 0].astype(np.int64) - expected).max() <= 1
     Image.fromarray(np.array([[0, 65535, 32768]], np.uint16)).save(tmp_path / "w.png")
-    assert read_image(tmp_path / "w.png")[0, :, 0].tolist() == [0, 255, 128]
+    wide = read_image(tmp_path / "w.png")
+    assert wide.dtype == np.float32 and wide.shape == (1, 3, 1)
+    np.testing.assert_allclose(wide[0, :, 0], [0.0, 1.0, 32768 / 65535], rtol=1e-6)  # 16 bits kept, not 8
+    bands = np.random.default_rng(0).integers(0, 65535, (5, 6, 4), dtype=np.uint16)  # RGB-NIR, 16-bit
+    tifffile.imwrite(tmp_path / "b.tif", bands)
+    np.testing.assert_allclose(read_image(tmp_path / "b.tif"), bands / 65535.0, rtol=1e-6)
+    tifffile.imwrite(tmp_path / "p.tif", bands.transpose(2, 0, 1), photometric="minisblack", planarconfig="separate")
+    np.testing.assert_allclose(read_image(tmp_path / "p.tif", channels=4), bands / 65535.0, rtol=1e-6)
+    with pytest.raises(DataError, match=r"b\.tif has 4 channels but data\.in_channels=2; set data\.in_channels=4"):
+        read_image(tmp_path / "b.tif", channels=2)
 
 
 def test_exif_orientation_applied_to_image_and_mask(tmp_path):
@@ -218,7 +234,7 @@ def test_sixteen_bit_mask_labels_above_255_kept(tmp_path):
 
 def test_uint8_masks_give_the_same_loss_and_metrics_as_int64():
     torch.manual_seed(0)
-    task = SegmentationTask(torch.nn.Conv2d(3, 4, 1), num_classes=4)
+    task = SegmentationTask(torch.nn.Conv2d(3, 4, 1), 4)
     batch = {"image": torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8),
              "mask": torch.randint(0, 4, (2, 5, 5)), "name": ["a", "b"]}
     batch["mask"][0, 0] = 255
@@ -227,13 +243,21 @@ def test_uint8_masks_give_the_same_loss_and_metrics_as_int64():
     assert torch.equal(wide, narrow)
 
 
-def test_padded_and_rotated_mask_pixels_are_ignore():
-    import albumentations as A
+def test_scale_crop_config_pads_masks_with_ignore_index(tmp_path):
+    """The shipped scale_crop augmentation: crops larger than the (scaled) image pad the mask with the data's
+    ignore_index, which the loss and metric then skip."""
+    from hydra.utils import instantiate
 
-    t = A.Compose([A.PadIfNeeded(12, 12, position="top_left", fill=0, fill_mask=255),
-                   A.Affine(rotate=(30, 30), fill=0, fill_mask=255, p=1.0)])
-    out = t(image=np.full((8, 8, 3), 100, np.uint8), mask=np.ones((8, 8), np.uint8))
-    assert set(np.unique(out["mask"]).tolist()) <= {1, 255} and (out["mask"] == 255).any()
+    from conftest import compose_cfg
+
+    src = _folder(tmp_path / "d", n=2, size=(6, 8))
+    cfg = compose_cfg("train", ["data=folder", f"data.source.root={src.root}", "data.num_classes=3",
+                                "data.crop_size=32", "data.ignore_index=7"], tmp_path)
+    dm = instantiate(cfg.data)
+    for i in range(2):
+        mask = dm.dataset("train", train=True)[(i, 1234 + i)]["mask"]
+        assert mask.shape == (32, 32) and set(mask.unique().tolist()) == {1, 7}
+        assert (mask == 1).sum() <= (6 * 2) * (8 * 2)  # at most the image at 2x scale; the rest is padding
 
 
 # ---- numeric faults ------------------------------------------------------------------------------------------
@@ -252,45 +276,20 @@ def _batch():
 
 
 def test_nan_loss_raises_with_message():
-    task = SegmentationTask(_NaNNet(), num_classes=2)
+    task = SegmentationTask(_NaNNet(), 2)
     with pytest.raises(FloatingPointError, match="non-finite training loss.*nan_policy=skip"):
         task.training_step(_batch(), 0)
 
 
 def test_nan_loss_skip_policy_skips_step():
-    task = SegmentationTask(_NaNNet(), num_classes=2, nan_policy="skip")
+    task = SegmentationTask(_NaNNet(), 2, nan_policy="skip")
     assert task.training_step(_batch(), 0) is None
 
 
-def test_nan_metric_checkpoint_never_chosen_as_best(tmp_path):
-    import lightning as L
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    class Scripted(L.LightningModule):
-        """Logs val/mIoU 0.5, NaN, 0.3 in epochs 0, 1, 2."""
-
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def training_step(self, batch, i):
-            return (self.w - 1).pow(2).sum()
-
-        def validation_step(self, batch, i):
-            self.log("val/mIoU", [0.5, float("nan"), 0.3][self.current_epoch])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    loader = torch.utils.data.DataLoader(torch.zeros(2, 1), batch_size=1)
-    callbacks = OmegaConf.load("configs/callbacks/default.yaml")
-    ckpt_cfg = callbacks.model_checkpoint
-    ckpt_cfg.dirpath = str(tmp_path)
-    checkpoint = instantiate(ckpt_cfg)
-    trainer = L.Trainer(max_epochs=3, logger=False, callbacks=[checkpoint], enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
-    trainer.fit(Scripted(), loader, loader)
-    assert checkpoint.best_model_path == str(tmp_path / "best.ckpt")
-    assert float(checkpoint.best_model_score) == 0.5
-    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["epoch"] == 0
+def test_nan_skip_refused_with_several_processes():
+    task = SegmentationTask(_NaNNet(), 2, nan_policy="skip")
+    task._trainer = type("FakeTrainer", (), {"world_size": 2})()
+    with pytest.raises(ValueError, match="nan_policy=skip works in a single process only"):
+        task.setup("fit")
+    task._trainer = type("FakeTrainer", (), {"world_size": 1})()
+    task.setup("fit")

@@ -2,54 +2,113 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from segkit.data.dataset import SegmentationDataset, pad_collate
+from segkit.data.dataset import SegmentationDataset, channel_stats, pad_collate
 from segkit.data.sampling import SeededSampler, ShardSampler
-from segkit.data.io import default_palette
-from segkit.data.sources import class_names_or_default
+from segkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """``num_classes``, ``ignore_index``, ``class_names`` and ``palette`` live here, once; configs interpolate them.
+    """The data config in one object: the source (layout), loaders, augmentation and the :class:`DataSpec`
+    (``num_classes``, ``ignore_index``, class names, palette, ``in_channels``, ``mean``/``std``), set here once.
 
     ``split`` is the split that evaluation and prediction use (``val`` by default); ``crop_size`` is the training
-    input size that the augmentation pipeline produces.
+    input size that the augmentation pipeline produces. ``mean``/``std`` (0-1 units, one per channel) default to
+    ImageNet's for 3-channel 8-bit images and are measured from the training images otherwise. ``cache``: keep
+    decoded images in memory (``"auto"``: when they fit in ``cache_limit_mb``), so small datasets are decoded once.
     """
 
     def __init__(self, source: Any, num_classes: int, ignore_index: int = 255,
                  class_names: Optional[Sequence[str]] = None, palette: Optional[Sequence[Sequence[int]]] = None,
+                 in_channels: int = 3, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  batch_size: int = 8, eval_batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, train_transform: Optional[Callable] = None,
                  eval_transform: Optional[Callable] = None, split: str = "val", seed: int = 0,
-                 crop_size: Optional[int] = None) -> None:
+                 crop_size: Optional[int] = None, cache: Union[bool, str] = "auto",
+                 cache_limit_mb: float = 512) -> None:
         super().__init__()
+        if cache not in (True, False, "auto"):
+            raise ValueError(f"data.cache must be true, false or auto, got {cache!r}")
         self.source = source
-        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
-        self.class_names = class_names_or_default(class_names, self.num_classes)
-        self.palette = [list(c) for c in palette] if palette is not None else default_palette(self.num_classes)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.split, self.seed = split, seed
         self.crop_size = crop_size  # the training input size (used for the start-up shape check)
+        self.cache, self.cache_limit_mb = cache, cache_limit_mb
         self._datasets: dict[str, SegmentationDataset] = {}
+        if (mean is None) != (std is None):
+            raise ValueError("set both data.mean and data.std, or neither (null: measured from the data)")
+        self._spec_args = dict(num_classes=num_classes, ignore_index=ignore_index, class_names=class_names,
+                               palette=palette, in_channels=in_channels)
+        self._mean_std = (list(mean), list(std)) if mean is not None else None
+        # labels and channels are known (and checked) now; normalisation may be measured later
+        c = int(in_channels)
+        labels = DataSpec(**self._spec_args, mean=[0.0] * c, std=[1.0] * c)
+        self.num_classes, self.ignore_index, self.in_channels = labels.num_classes, labels.ignore_index, c
+        self.class_names, self.palette = labels.class_names, labels.palette
+        self._spec: Optional[DataSpec] = None
 
+    # ---- the spec ------------------------------------------------------------------------------------------
+    @property
+    def spec(self) -> DataSpec:
+        """The :class:`DataSpec`; measuring ``mean``/``std`` from the training images the first time if unset."""
+        if self._spec is None:
+            mean_std = self._mean_std
+            if mean_std is None:
+                if self.in_channels == 3 and not self._float_images():
+                    mean_std = (list(IMAGENET_MEAN), list(IMAGENET_STD))
+                    why = "ImageNet's (3-channel 8-bit images)"
+                else:
+                    mean_std = channel_stats(self.dataset("train"))
+                    why = "measured on the training images"
+                rank_zero_info(f"data.mean={[round(v, 4) for v in mean_std[0]]} data.std="
+                               f"{[round(v, 4) for v in mean_std[1]]}: {why}")
+            self._spec = DataSpec(**self._spec_args, mean=mean_std[0], std=mean_std[1])
+        return self._spec
+
+    def _float_images(self) -> bool:
+        """Whether the first training image is read as float (16-bit or float files)."""
+        try:
+            return self.dataset("train").load(0)[0].dtype.kind == "f"
+        except Exception:  # no train split (evaluation-only data): the spec comes from the checkpoint anyway
+            return False
+
+    # ---- datasets and loaders ------------------------------------------------------------------------------
     def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
         key = f"{split}:{train}"
         if key not in self._datasets:
-            self._datasets[key] = SegmentationDataset(
-                self.source.samples(split), self.num_classes, self.ignore_index,
-                self.train_transform if train else self.eval_transform, getattr(self.source, "label_map", None))
+            base = self._datasets.get(f"{split}:{not train}")
+            if base is not None:  # the same files with the other transform: share the decoded cache
+                dataset = SegmentationDataset(base.samples, base.num_classes, base.ignore_index,
+                                              self.train_transform if train else self.eval_transform,
+                                              getattr(self.source, "label_map", None), base.channels)
+                dataset._cache = base._cache
+            else:
+                dataset = SegmentationDataset(
+                    self.source.samples(split), self.num_classes, self.ignore_index,
+                    self.train_transform if train else self.eval_transform, getattr(self.source, "label_map", None),
+                    self.in_channels)
+            self._datasets[key] = dataset
         return self._datasets[key]
 
+    def _maybe_preload(self, dataset: SegmentationDataset) -> None:
+        if dataset._cache is not None or self.cache is False:
+            return
+        if self.cache == "auto" and dataset.decoded_bytes_estimate() > self.cache_limit_mb * 2 ** 20:
+            return
+        dataset.preload()
+
     def _loader(self, dataset: SegmentationDataset, batch_size: int, train: bool) -> DataLoader:
-        # Samplers are built here, rank-aware, so the order depends only on (seed, epoch, rank): exact resume, and
-        # no duplicated evaluation samples under DDP (trainer configs set use_distributed_sampler=false there).
+        # Samplers are rank-aware DistributedSampler subclasses, so the order depends only on (seed, epoch, rank):
+        # exact resume, no duplicated evaluation samples under DDP, and Lightning never shards a second time.
+        self._maybe_preload(dataset)
         sampler = SeededSampler(len(dataset), self.seed) if train else ShardSampler(len(dataset))
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
@@ -67,3 +126,4 @@ class SegmentationDataModule(L.LightningDataModule):
     def eval_dataloader(self, split: Optional[str] = None) -> DataLoader:
         """The loader for ``split`` (default: the configured evaluation split)."""
         return self._loader(self.dataset(split or self.split), self.eval_batch_size, train=False)
+

@@ -7,17 +7,24 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segkit.data.spec import default_palette  # noqa: F401  (re-exported)
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file and how to fix it."""
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def _check_file(path: Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} file not found: {path}")
     if path.stat().st_size == 0:
         raise DataError(f"{what} file is empty (0 bytes): {path}; re-copy or remove it from the split list")
+    return path
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    path = _check_file(path, what)
     try:
         img = Image.open(path)
         img.load()
@@ -27,18 +34,69 @@ def _open(path: Path, what: str) -> Image.Image:
     return ImageOps.exif_transpose(img)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 RGB array: grayscale expanded, alpha dropped, 16-bit scaled to the full 8-bit range,
-    EXIF orientation applied."""
-    img = _open(path, "image")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    if img.mode == "F":
-        raise DataError(f"image {path} is floating point; convert it to 8- or 16-bit integers")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+TIFF_SUFFIXES = (".tif", ".tiff")
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
+
+
+def _decode_image(path: Path) -> np.ndarray:
+    """The stored pixels as ``(H, W, C)`` in their own dtype (uint8, uint16, int32 or float32)."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:  # multi-band and 16-bit TIFFs: PIL misreads them (4 x 16-bit -> RGBA)
+        import tifffile
+
+        _check_file(path, "image")
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                arr, axes = np.asarray(series.asarray()), series.axes
+        except Exception as exc:  # tifffile raises many types for broken files
+            raise DataError(f"cannot decode image {path} ({exc}); the file is truncated or not a TIFF") from None
+        if arr.ndim == 3 and axes[-2:] == "YX":
+            arr = arr.transpose(1, 2, 0)  # planar (C, H, W), as multi-band GeoTIFFs store it -> (H, W, C)
+    else:
+        img = _open(path, "image")
+        if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+            img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+        elif img.mode == "LA":
+            img = img.convert("L")
+        arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise DataError(f"image {path} has shape {arr.shape}; expected a 2-D image with channels last")
+    return arr
+
+
+def read_image(path: Path, channels: Optional[int] = None) -> np.ndarray:
+    """An ``(H, W, C)`` array: uint8 for 8-bit files; float32 in 0-1 for 16-bit and 32-bit integer files (divided by
+    65535); float32 as stored for float files. EXIF orientation applied.
+
+    ``channels`` (``data.in_channels``) is what the model takes: ``None`` keeps the file's channels; a grayscale file
+    read for a 3-channel model is repeated to RGB; an RGB(A) file read for a 1-channel model becomes its luminance
+    (ITU-R 601); an RGBA file read for a 3-channel model drops alpha. Any other mismatch is a ``DataError``.
+    """
+    arr = _decode_image(path)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype in (np.uint16, np.int16, np.int32, np.uint32):
+        arr = arr.astype(np.float32) / np.float32(65535.0)
+    elif arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+    elif arr.dtype != np.uint8:
+        raise DataError(f"image {path} has pixel type {arr.dtype}; save it as 8- or 16-bit integers or float")
+    c = arr.shape[-1]
+    if channels is None or c == channels:
+        return np.ascontiguousarray(arr)
+    if c == 1 and channels == 3:
+        return np.ascontiguousarray(np.repeat(arr, 3, axis=2))
+    if c in (3, 4) and channels == 1:
+        luma = arr[..., :3].astype(np.float32) @ _LUMA
+        out = np.round(luma).clip(0, 255).astype(np.uint8) if arr.dtype == np.uint8 else luma.astype(np.float32)
+        return np.ascontiguousarray(out[..., None])
+    if c == 4 and channels == 3:
+        return np.ascontiguousarray(arr[..., :3])
+    raise DataError(f"image {path} has {c} channels but data.in_channels={channels}; set data.in_channels={c} "
+                    f"(the model's in_channels follows it) or convert the image")
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -94,20 +152,6 @@ def label_lookup(label_map: Optional[dict], ignore_index: int, size: int = 256) 
     for raw, train_id in label_map.items():
         lut[int(raw)] = int(train_id)
     return lut
-
-
-def default_palette(num_classes: int) -> list[list[int]]:
-    """The PASCAL VOC colour map, which extends to any number of classes."""
-    palette = []
-    for i in range(num_classes):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append([r, g, b])
-    return palette
 
 
 IMAGE_SUFFIXES: Sequence[str] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

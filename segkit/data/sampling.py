@@ -1,12 +1,18 @@
 """Samplers whose output depends only on (seed, epoch, rank), so a resumed or distributed run sees exactly the
-samples and augmentations an uninterrupted single run would."""
+samples and augmentations an uninterrupted single run would.
+
+Both are ``DistributedSampler`` subclasses: Lightning leaves a loader whose sampler already is one alone, so data is
+sharded exactly once however several devices were asked for (``trainer=ddp``, ``trainer.devices=2``,
+``trainer.strategy=ddp``, torchrun, SLURM), whatever ``use_distributed_sampler`` says. The rank and world size are
+read when iterating, so a sampler built before the process group exists still shards correctly.
+"""
 from __future__ import annotations
 
 from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
 def _world(rank: Optional[int] = None, world_size: Optional[int] = None) -> Tuple[int, int]:
@@ -18,7 +24,31 @@ def _world(rank: Optional[int] = None, world_size: Optional[int] = None) -> Tupl
     return (r if rank is None else rank), (w if world_size is None else world_size)
 
 
-class SeededSampler(Sampler):
+class _RankAware(DistributedSampler):
+    """``DistributedSampler`` only by type: no process group needed at construction, rank resolved lazily."""
+
+    def __init__(self, num_samples: int, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+        # DistributedSampler.__init__ would require an initialised process group; keep its attribute names.
+        self._rank, self._world_size = rank, world_size
+        self.num_samples_total, self.epoch = int(num_samples), 0
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return _world(self._rank, self._world_size)[0]
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        return _world(self._rank, self._world_size)[1]
+
+    @property
+    def world_size(self) -> int:
+        return self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
+class SeededSampler(_RankAware):
     """Training order and per-sample augmentation seeds drawn from ``(seed, epoch)`` only.
 
     Yields ``(index, sample_seed)``; :class:`SegmentationDataset` seeds its albumentations pipeline with
@@ -29,34 +59,28 @@ class SeededSampler(Sampler):
 
     def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> None:
-        self.rank, self.world_size = _world(rank, world_size)
-        self.num_samples, self.seed, self.shuffle, self.epoch = num_samples, int(seed), shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        super().__init__(num_samples, rank, world_size)
+        self.seed, self.shuffle = int(seed), shuffle
 
     def __len__(self) -> int:
-        return self.num_samples // self.world_size
+        return self.num_samples_total // self.num_replicas
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
+        n = self.num_samples_total
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=g) if self.shuffle else torch.arange(self.num_samples)
-        seeds = torch.randint(0, 2 ** 31 - 1, (self.num_samples,), generator=g)
-        per_rank = len(self)
-        picks = range(self.rank, per_rank * self.world_size, self.world_size)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        seeds = torch.randint(0, 2 ** 31 - 1, (n,), generator=g)
+        rank, world = self.rank, self.num_replicas
+        picks = range(rank, (n // world) * world, world)
         return iter([(int(order[i]), int(seeds[i])) for i in picks])
 
 
-class ShardSampler(Sampler):
+class ShardSampler(_RankAware):
     """Evaluation: rank ``r`` of ``w`` takes indices ``r, r + w, ...`` — no padding, so no sample is counted twice
     when metrics are summed across ranks (DistributedSampler pads uneven sets with duplicates)."""
 
-    def __init__(self, num_samples: int, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
-        self.rank, self.world_size = _world(rank, world_size)
-        self.num_samples = num_samples
-
     def __len__(self) -> int:
-        return len(range(self.rank, self.num_samples, self.world_size))
+        return len(range(self.rank, self.num_samples_total, self.num_replicas))
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.num_samples, self.world_size))
+        return iter(range(self.rank, self.num_samples_total, self.num_replicas))

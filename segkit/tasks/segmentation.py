@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import lightning as L
 import numpy as np
@@ -11,60 +11,80 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from segkit.data.spec import DataSpec, as_spec
 from segkit.losses import CrossEntropyLoss
-from segkit.metrics import segmentation_metrics, summarize
+from segkit.metrics import iou_per_class, segmentation_metrics, summarize
 
 # The override below is deliberate (see transfer_batch_to_device); Lightning notes it on every fit.
 warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device` in `LightningModule`.*")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SegmentationTask(L.LightningModule):
     """Trains any ``net`` mapping ``(N, C, H, W)`` float images to ``(N, K, H, W)`` logits.
 
-    Batches arrive as uint8 and are normalised here, on the device (``mean``/``std`` in 0-1 units travel with the
-    checkpoint). Nets with an auxiliary head (``forward_with_aux``) add ``aux_weight`` x its loss.
-    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_``); the scheduler gets ``total_steps``.
-    ``nan_policy``: ``"raise"`` stops at the first non-finite loss, ``"skip"`` skips that step.
+    ``spec`` (:class:`~segkit.data.spec.DataSpec`, its dict, or just the number of classes) holds the classes,
+    ``ignore_index``, class names, input channels and normalisation; it travels in every checkpoint. Batches arrive as
+    uint8 (0-255) or float (0-1) images and are normalised here, on the device. Nets with an auxiliary head
+    (``forward(x, return_aux=True)``) add ``aux_weight`` x its loss. ``optimizer`` and ``scheduler`` are factories
+    (Hydra ``_partial_``); the scheduler gets ``total_steps``. ``nan_policy``: ``"raise"`` stops at the first
+    non-finite loss, ``"skip"`` skips that step (single process only).
+
+    ``inference`` (``mode`` whole/slide/tta and its options, see :func:`segkit.inference.infer`) is how validation,
+    test and predict steps run the network: training validates with ``whole``; ``scripts/evaluate.py`` sets it from
+    its config and runs the very same step through ``trainer.validate``.
     """
 
-    def __init__(self, net: nn.Module, num_classes: int, ignore_index: int = 255,
+    def __init__(self, net: nn.Module, spec: Union[DataSpec, Dict[str, Any], int],
                  loss: Optional[nn.Module] = None, optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
-                 scheduler: Optional[Callable[..., Any]] = None, aux_weight: float = 0.4,
-                 class_names: Optional[Sequence[str]] = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, nan_policy: str = "raise",
-                 run_config: Optional[Dict[str, Any]] = None) -> None:
+                 scheduler: Optional[Callable[..., Any]] = None, aux_weight: float = 0.4, nan_policy: str = "raise",
+                 inference: Optional[Dict[str, Any]] = None, run_config: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"task.nan_policy must be 'raise' or 'skip', got {nan_policy!r}")
+        self.spec = DataSpec(num_classes=spec) if isinstance(spec, int) else as_spec(spec)
+        if hasattr(net, "num_classes") and hasattr(net, "in_channels"):
+            self.spec.check_model(net.num_classes, net.in_channels)
         self.net = net
-        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
-        self.loss = loss if loss is not None else CrossEntropyLoss(ignore_index)
+        self.num_classes, self.ignore_index = self.spec.num_classes, self.spec.ignore_index
+        self.class_names = list(self.spec.class_names)
+        self.loss = loss if loss is not None else CrossEntropyLoss(255 if self.ignore_index is None
+                                                                   else self.ignore_index)
+        _check_loss_ignore_index(self.loss, self.ignore_index)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3))
         self.scheduler_factory = scheduler
         self.aux_weight = aux_weight
-        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         self.nan_policy = nan_policy
+        self.inference: Dict[str, Any] = dict(inference or {"mode": "whole"})
         self.run_config = run_config
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        # Normalisation follows the spec (it is not part of the state dict): 0-1 units for float images, and the
+        # same folded into 0-255 units for uint8 ones, so a uint8 batch costs one subtract and one divide.
+        mean = torch.tensor(self.spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+        self.register_buffer("mean_u8", mean * 255.0, persistent=False)
+        self.register_buffer("std_u8", std * 255.0, persistent=False)
         self.val_metrics = segmentation_metrics(self.num_classes, self.ignore_index)
         self.test_metrics = segmentation_metrics(self.num_classes, self.ignore_index)
         self.last_metrics: Dict[str, Any] = {}
-        self.channels_last = False  # set by DeviceSpeedups on CUDA
+        self.last_confusion: Optional[torch.Tensor] = None  # (K, K) int64 on CPU, rows = ground truth
+        self.per_image: Optional[List[Dict[str, Any]]] = None  # [] to collect {"name", "miou"} per evaluated image
+        self.channels_last = False  # set by segkit.callbacks.DeviceSpeedups on CUDA
         self._eval_images = 0
 
     # ---- forward -------------------------------------------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (0-255) or float (0-255) images -> normalised float; channels beyond mean/std pass as x/255."""
+        """uint8 (0-255) or float (0-1) images -> ``(x - mean) / std`` per channel, as float32."""
+        if images.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"images have {images.shape[1]} channels but the model was trained on "
+                             f"{self.mean.shape[1]} (data.in_channels); read them with data.in_channels="
+                             f"{self.mean.shape[1]}")
         x = images.float()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if x.shape[1] == self.mean.shape[1]:
-            return (x - self.mean) / self.std
-        return x / 255.0
+        if images.dtype == torch.uint8:
+            return (x - self.mean_u8) / self.std_u8
+        return (x - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(images))
@@ -72,8 +92,14 @@ class SegmentationTask(L.LightningModule):
     def _forward_with_aux(self, images: torch.Tensor):
         x = self.normalize(images)
         if hasattr(self.net, "forward_with_aux"):
-            return self.net.forward_with_aux(x)
+            return self.net(x, return_aux=True)
         return self.net(x), None
+
+    def infer(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits at the input size by the configured inference mode (whole, sliding window or TTA)."""
+        from segkit.inference import infer
+
+        return infer(self, images, **self.inference)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move only the tensors of a segkit batch (uint8 images stay uint8 until normalised on the device);
@@ -82,6 +108,12 @@ class SegmentationTask(L.LightningModule):
             return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                     for k, v in batch.items()}
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def setup(self, stage: str) -> None:
+        if self.nan_policy == "skip" and self.trainer.world_size > 1:
+            raise ValueError("task.nan_policy=skip works in a single process only: with several processes every "
+                             "rank must step together, and Lightning cannot skip a step on one rank. Use "
+                             "task.nan_policy=raise (the default) with several devices.")
 
     # ---- steps ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -107,12 +139,23 @@ class SegmentationTask(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: Dict[str, Any], metrics, stage: str) -> None:
-        logits = self(batch["image"])
+        logits = self.infer(batch["image"])
         target = self.targets(batch)
         loss = self.loss(logits, target)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
-        metrics.update(logits.argmax(dim=1), target)
+        preds = logits.argmax(dim=1)
+        metrics.update(preds, target)
         self._eval_images += len(batch["image"])
+        if self.per_image is not None:
+            self.per_image += [{"name": name, "miou": image_miou(p, t, self.num_classes, self.ignore_index)}
+                               for name, p, t in zip(batch["name"], preds, target)]
+
+    def predict_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
+        """Class-index masks (uint8 when the classes fit) cropped to each image's own size."""
+        preds = self.infer(batch["image"]).argmax(dim=1)
+        preds = preds.to(torch.uint8) if self.num_classes <= 256 else preds
+        sizes = batch.get("size") or [tuple(preds.shape[-2:])] * len(preds)
+        return {"name": batch["name"], "mask": [p[: h, : w].cpu() for p, (h, w) in zip(preds, sizes)]}
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -121,7 +164,9 @@ class SegmentationTask(L.LightningModule):
         self._eval_step(batch, self.test_metrics, "test")
 
     def _eval_epoch_end(self, metrics, stage: str) -> None:
-        summary = summarize(metrics.compute(), self.class_names)
+        confusion = metrics.compute()
+        self.last_confusion = confusion.detach().cpu()
+        summary = summarize(confusion, self.class_names)
         metrics.reset()
         num_images = int(self.all_gather(torch.tensor(self._eval_images, device=self.device)).sum())
         self._eval_images = 0
@@ -146,14 +191,31 @@ class SegmentationTask(L.LightningModule):
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # Plain types only, so the checkpoint loads with torch.load(weights_only=True) and rebuilds the model.
-        checkpoint["segkit"] = {"config": self.run_config, "class_names": list(self.class_names),
-                                "num_classes": self.num_classes, "ignore_index": self.ignore_index,
-                                "rng": rng_state()}
+        checkpoint["segkit"] = {"config": self.run_config, "spec": self.spec.to_dict(), "rng": rng_state()}
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         state = checkpoint.get("segkit", {}).get("rng")
         if state is not None:
             set_rng_state(state)
+
+
+def image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: Optional[int]) -> float:
+    """mIoU of one image (classes absent from both prediction and truth excluded; NaN if none is present)."""
+    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+    index = target[valid].long() * num_classes + pred[valid].long()
+    confusion = torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    iou = iou_per_class(confusion)
+    present = iou[~iou.isnan()]
+    return float(present.mean()) if len(present) else float("nan")
+
+
+def _check_loss_ignore_index(loss: nn.Module, ignore_index: Optional[int]) -> None:
+    """Every loss term must ignore the data's ignore_index (set once, in the data config)."""
+    for name, module in loss.named_modules():
+        value = getattr(module, "ignore_index", None)
+        if value is not None and ignore_index is not None and int(value) != int(ignore_index):
+            raise ValueError(f"task.loss{('.' + name) if name else ''} ignores {value} but data.ignore_index is "
+                             f"{ignore_index}; leave the loss's ignore_index as ${{data.ignore_index}}")
 
 
 def rng_state() -> Dict[str, Any]:
