@@ -35,11 +35,11 @@ class EpochSummary(L.Callback):
                           rank_zero_only=True, batch_size=len(batch["image"]))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training:
+        if trainer.state.fn == "fit":
             self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training and self._val_start is not None:
+        if self._val_start is not None:
             self._val_seconds += time.perf_counter() - self._val_start
             self._val_start = None
 
