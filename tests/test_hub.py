@@ -1,0 +1,79 @@
+"""A checkpoint exported as a pretrained folder reloads, without the training config, into the same model."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import segkit
+from conftest import TINY_DATA, compose_cfg
+from segkit.config import UnsafeConfigError
+from segkit.pipeline import load_task_from_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, shared_data_dir):
+    tmp_path = tmp_path_factory.mktemp("hub")
+    cfg = compose_cfg("train", ["model=unet_small", "++model.encoder_kwargs={base_channels:4,depth:3}", *TINY_DATA,
+                                "logger=csv", "trainer.max_epochs=1", "+trainer.limit_train_batches=1"],
+                      tmp_path, shared_data_dir)
+    train(cfg)
+    (tmp_path / "run/.hydra").mkdir()
+    (tmp_path / "run/.hydra/overrides.yaml").write_text("- model=unet_small\n- trainer.max_epochs=1\n")
+    return tmp_path / "run/checkpoints/best.ckpt"
+
+
+def test_export_pretrained_and_reload_gives_the_same_logits(checkpoint, tmp_path):
+    folder = tmp_path / "shapes-unet"
+    subprocess.run([sys.executable, str(ROOT / "scripts/export.py"), f"ckpt_path={checkpoint}", "format=pretrained",
+                    f"output={folder}"], check=True, cwd=ROOT, capture_output=True)
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "README.md"}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["spec"]["class_names"][1] == "disk" and config["model"]["_target_"] == "segkit.models.UNet"
+    card = (folder / "README.md").read_text()
+    metrics = json.loads((checkpoint.parent.parent / "metrics.json").read_text())
+    assert f"{metrics['mIoU']:.4f}" in card and "python scripts/train.py model=unet_small" in card
+    assert "| 5 | cross |" in card
+
+    model = segkit.from_pretrained(folder)
+    assert not model.training and model.class_names == config["spec"]["class_names"]
+    task, _ = load_task_from_checkpoint(str(checkpoint))
+    images = torch.randint(0, 256, (2, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = task(images), model(images)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert torch.equal(model.predict(images), expected.argmax(1))
+    # float images in 0-1 are the same images
+    with torch.no_grad():
+        torch.testing.assert_close(model(images.float() / 255), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, 3, H, W\)"):
+        model(images[:, :1])
+
+
+def test_from_pretrained_refuses_untrusted_targets_and_missing_files(checkpoint, tmp_path):
+    from segkit.hub import save_pretrained
+
+    folder = save_pretrained(checkpoint, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["_target_"] = "os.system"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsafeConfigError, match="os.system"):
+        segkit.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="format=pretrained"):
+        segkit.from_pretrained(folder)
+
+
+def test_spec_falls_back_to_the_run_config():
+    from segkit.hub import spec_from_checkpoint
+
+    config = {"data": {"num_classes": 3, "ignore_index": 255, "class_names": ["a", "b", "c"], "palette": None},
+              "task": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}, "model": {"in_channels": 3}}
+    spec = spec_from_checkpoint({"config": config})
+    assert spec.class_names == ["a", "b", "c"] and spec.mean == [0.5] * 3 and len(spec.palette) == 3
+    stored = dict(spec.to_dict(), class_names=["x", "y", "z"])
+    assert spec_from_checkpoint({"config": config, "spec": stored}).class_names == ["x", "y", "z"]
