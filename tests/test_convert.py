@@ -137,7 +137,12 @@ def test_labelme_shapes_and_overlap_order(tmp_path, embed):
         convert("labelme", src, tmp_path / "out", class_names=names)
 
     names.write_text("_background_\ncat\ndog\n__ignore__\n")
-    shapes = SHAPES[:3] + [_shape("__ignore__", "rectangle", [[0, 25], [5, 29]])]
+    patch = np.zeros((3, 4), np.uint8)
+    patch[1:, 1:] = 255
+    buf = io.BytesIO()
+    Image.fromarray(patch).save(buf, format="PNG")
+    mask_shape = dict(_shape("dog", "mask", [[34, 2], [37, 4]]), mask=base64.b64encode(buf.getvalue()).decode())
+    shapes = SHAPES[:3] + [_shape("__ignore__", "rectangle", [[0, 25], [5, 29]]), mask_shape]
     src = _labelme_fixture(tmp_path / "labelme", shapes, embed)
     convert("labelme", src, tmp_path / "out", class_names=names, split="train")
     assert read_class_names(tmp_path / "out/class_names.txt")[0] == ["_background_", "cat", "dog"]
@@ -150,6 +155,7 @@ def test_labelme_shapes_and_overlap_order(tmp_path, embed):
     assert mask[20, 30] == mask[20, 35] == mask[15, 30] == 1 and mask[20, 36] == 0
     assert abs(circle.sum() - np.pi * 5 ** 2) < 2 * np.pi * 5  # area of a radius-5 disk, up to its rim
     assert (mask[25:30, 0:6] == 255).all()
+    assert (mask[2:5, 34:38] == [[0, 0, 0, 0], [0, 2, 2, 2], [0, 2, 2, 2]]).all()  # the mask shape's PNG, placed
 
     # the same shapes in the other order: the polygon now covers the rectangle
     src = _labelme_fixture(tmp_path / "labelme", [shapes[1], shapes[0]], embed)

@@ -157,7 +157,8 @@ def find_coco_json(path: Path) -> Path:
 
 # ---- labelme ---------------------------------------------------------------------------------------------------
 def shape_region(shape: Dict[str, Any], size: Tuple[int, int], where: str) -> np.ndarray:
-    """A labelme shape as a boolean mask, drawn the way labelme's own ``shape_to_mask`` draws it (PIL)."""
+    """A labelme shape as a boolean mask, drawn the way labelme's own ``shape_to_mask`` draws it (PIL); ``mask``
+    shapes (labelme's AI-assisted masks) paste their PNG at the box's top-left corner."""
     height, width = size
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
@@ -172,12 +173,20 @@ def shape_region(shape: Dict[str, Any], size: Tuple[int, int], where: str) -> np
         (cx, cy), (px, py) = points
         r = math.hypot(cx - px, cy - py)
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=1, fill=1)
-    elif kind in ("polygon", "rectangle", "circle"):
+    elif kind == "mask" and shape.get("mask") and points:  # labelme's AI masks: a PNG of the box at points[0]
+        patch = np.asarray(Image.open(io.BytesIO(base64.b64decode(shape["mask"]))))
+        patch = (patch[..., 0] if patch.ndim == 3 else patch).astype(bool)
+        x0, y0 = max(int(points[0][0]), 0), max(int(points[0][1]), 0)
+        region = np.zeros((height, width), bool)
+        h, w = region[y0:y0 + patch.shape[0], x0:x0 + patch.shape[1]].shape
+        region[y0:y0 + h, x0:x0 + w] = patch[:h, :w]
+        return region
+    elif kind in ("polygon", "rectangle", "circle", "mask"):
         raise DataError(f"{where}: {kind} with {len(points)} points (a polygon needs 3 or more, a rectangle or "
-                        "circle 2)")
+                        "circle 2, a mask its box and PNG data)")
     else:
-        raise DataError(f"{where}: shape_type {kind!r} is not a region; segkit converts polygon, rectangle and "
-                        "circle shapes (delete the shape or change its type)")
+        raise DataError(f"{where}: shape_type {kind!r} is not a region; segkit converts polygon, rectangle, "
+                        "circle and mask shapes (delete the shape or change its type)")
     return np.asarray(canvas, dtype=bool)
 
 
