@@ -20,6 +20,10 @@ def main(cfg: DictConfig) -> None:
         save_pretrained(cfg.ckpt_path, folder, cfg.get("allowed_targets") or ())
         print(f"wrote {folder}/ (model.safetensors, config.json, README.md); load it with "
               f"segkit.from_pretrained({str(folder)!r})")
+        if cfg.get("push_to_hub"):
+            from segkit.hub import push_to_hub
+
+            print(f"pushed to {push_to_hub(folder, cfg.push_to_hub, private=bool(cfg.get('private', False)))}")
         return
     if cfg.format not in SUFFIX:
         raise SystemExit(f"format={cfg.format!r}: choose one of {sorted(SUFFIX) + ['pretrained']}")

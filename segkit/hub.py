@@ -8,6 +8,7 @@ instantiated, after :func:`segkit.config.check_targets`, so a folder from elsewh
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -102,7 +103,8 @@ def model_card(config: Dict[str, Any]) -> str:
     spec, model, training = config["spec"], config["model"], config["training"]
     data = training.get("data") or {}
     metrics = training.get("metrics")
-    lines = [f"# segkit model: {model['_target_'].rsplit('.', 1)[-1]}", "",
+    lines = ["---", "tags: [segkit, semantic-segmentation]", "pipeline_tag: image-segmentation", "---", "",
+             f"# segkit model: {model['_target_'].rsplit('.', 1)[-1]}", "",
              f"Semantic segmentation into {spec['num_classes']} classes, trained with segkit.", "",
              "```python", "import segkit", f"model = segkit.from_pretrained(\"{config.get('name', '.')}\")",
              "logits = model(images)   # images: (N, C, H, W) uint8 0-255 or float 0-1; normalisation is built in",
@@ -164,16 +166,46 @@ def save_pretrained(ckpt_path: str | Path, folder: str | Path, allowed: Iterable
     return folder
 
 
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: Optional[str] = None) -> str:
+    """Upload a pretrained folder to the Hugging Face Hub (``pip install 'segkit[hub]'``); the repository's URL."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise ImportError("pushing to the Hugging Face Hub needs huggingface_hub: pip install 'segkit[hub]'") from None
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise FileNotFoundError(f"{folder / CONFIG} not found; push a folder written by save_pretrained")
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                      allow_patterns=[WEIGHTS, CONFIG, CARD], commit_message="Upload segkit model")
+    return str(url)
+
+
+def _resolve(folder: str | Path) -> Path:
+    """A local folder, or ``owner/name`` on the Hugging Face Hub (downloaded to its cache) when no such folder
+    exists and huggingface_hub is installed."""
+    path = Path(folder).expanduser()
+    if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(folder)):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return path  # reported below as a missing folder
+    return Path(snapshot_download(str(folder), repo_type="model", allow_patterns=[WEIGHTS, CONFIG, CARD]))
+
+
 def from_pretrained(folder: str | Path, allowed: Iterable[str] = (), map_location: str | torch.device = "cpu"
                     ) -> PretrainedSegmenter:
     """Rebuild a model written by :func:`save_pretrained` (``scripts/export.py format=pretrained``), in eval mode.
 
+    ``folder``: a local folder, or a Hugging Face Hub repository ``owner/name`` (with ``segkit[hub]`` installed).
     ``allowed``: extra ``_target_`` namespaces to trust beyond segkit/torch/torchvision/... (as ``allowed_targets``).
     """
     from hydra.utils import instantiate
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    folder = _resolve(folder)
     config_path, weights_path = folder / CONFIG, folder / WEIGHTS
     for path in (config_path, weights_path):
         if not path.is_file():
@@ -196,4 +228,5 @@ def from_pretrained(folder: str | Path, allowed: Iterable[str] = (), map_locatio
     return PretrainedSegmenter(net, spec).to(map_location).eval()
 
 
-__all__ = ["PretrainedSegmenter", "from_pretrained", "model_card", "save_pretrained", "spec_from_checkpoint"]
+__all__ = ["PretrainedSegmenter", "from_pretrained", "model_card", "push_to_hub", "save_pretrained",
+           "spec_from_checkpoint"]

@@ -77,3 +77,39 @@ def test_spec_falls_back_to_the_run_config():
     assert spec.class_names == ["a", "b", "c"] and spec.mean == [0.5] * 3 and len(spec.palette) == 3
     stored = dict(spec.to_dict(), class_names=["x", "y", "z"])
     assert spec_from_checkpoint({"config": config, "spec": stored}).class_names == ["x", "y", "z"]
+
+
+def test_push_to_hub_and_load_by_repo_id_with_a_stand_in_hub(checkpoint, tmp_path, monkeypatch):
+    """The Hub calls (no network in tests): create the repo, upload the three files; load an owner/name id."""
+    import types
+
+    from segkit.hub import push_to_hub, save_pretrained
+
+    folder = save_pretrained(checkpoint, tmp_path / "m")
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+
+    def snapshot_download(repo_id, **kwargs):
+        calls.append(("snapshot_download", repo_id))
+        return str(folder)
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub",
+                        types.SimpleNamespace(HfApi=FakeApi, snapshot_download=snapshot_download))
+    assert push_to_hub(folder, "me/shapes-unet", private=True) == "https://huggingface.co/me/shapes-unet"
+    assert calls[1] == ("create_repo", "me/shapes-unet", {"repo_type": "model", "private": True, "exist_ok": True})
+    upload = calls[2][1]
+    assert upload["folder_path"] == str(folder) and set(upload["allow_patterns"]) == {
+        "model.safetensors", "config.json", "README.md"}
+    model = segkit.from_pretrained("me/shapes-unet")
+    assert calls[-1] == ("snapshot_download", "me/shapes-unet") and model.class_names[0] == "background"
+    assert (folder / "README.md").read_text().startswith("---\ntags: [segkit, semantic-segmentation]")
