@@ -2,7 +2,7 @@
 import base64
 import io
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -208,13 +208,29 @@ def test_read_class_names(tmp_path):
         read_class_names(tmp_path / "missing.txt")
 
 
-def test_convert_script_reports_and_fails_cleanly(tmp_path):
+def _run_script(monkeypatch, *args):
+    """scripts/convert.py in this process (as `python scripts/convert.py ARGS`): its exit code."""
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts/convert.py"), *args])
+    try:
+        runpy.run_path(str(ROOT / "scripts/convert.py"), run_name="__main__")
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        return 1 if isinstance(exc.code, str) else int(exc.code or 0)
+    return 0
+
+
+def test_convert_script_reports_and_fails_cleanly(tmp_path, monkeypatch, capsys):
     ann_file = _coco_fixture(tmp_path / "src")
-    run = subprocess.run([sys.executable, str(ROOT / "scripts/convert.py"), "format=coco", f"input={ann_file}",
-                          f"output={tmp_path / 'out'}", "split=train"], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert "wrote 2 images and masks" in run.stdout and "0 problem(s) found" in run.stdout
-    run = subprocess.run([sys.executable, str(ROOT / "scripts/convert.py"), "format=labelme", f"input={tmp_path}",
-                          f"output={tmp_path / 'out2'}"], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 1 and "labelme conversion needs class_names=FILE" in run.stderr
-    assert "Traceback" not in run.stderr
+    assert _run_script(monkeypatch, "format=coco", f"input={ann_file}", f"output={tmp_path / 'out'}",
+                       "split=train") == 0
+    out = capsys.readouterr().out
+    assert "wrote 2 images and masks" in out and "0 problem(s) found" in out
+    assert _run_script(monkeypatch, "format=labelme", f"input={tmp_path}", f"output={tmp_path / 'out2'}") == 1
+    err = capsys.readouterr().err
+    assert "error: labelme conversion needs class_names=FILE" in err and "Traceback" not in err
+    # problems found by the checks: exit code 1
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(tmp_path / "src/images/a.jpg")  # wrong size for its mask
+    assert _run_script(monkeypatch, "format=coco", f"input={ann_file}", f"output={tmp_path / 'out3'}",
+                       "split=train") == 1
+    assert "a.jpg is 5x5 but its mask" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """A checkpoint exported as a pretrained folder reloads, without the training config, into the same model."""
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -27,10 +27,11 @@ def checkpoint(tmp_path_factory, shared_data_dir):
     return tmp_path / "run/checkpoints/best.ckpt"
 
 
-def test_export_pretrained_and_reload_gives_the_same_logits(checkpoint, tmp_path):
+def test_export_pretrained_and_reload_gives_the_same_logits(checkpoint, tmp_path, monkeypatch):
     folder = tmp_path / "shapes-unet"
-    subprocess.run([sys.executable, str(ROOT / "scripts/export.py"), f"ckpt_path={checkpoint}", "format=pretrained",
-                    f"output={folder}"], check=True, cwd=ROOT, capture_output=True)
+    script = str(ROOT / "scripts/export.py")  # run as `python scripts/export.py ...`, in this process
+    monkeypatch.setattr(sys, "argv", [script, f"ckpt_path={checkpoint}", "format=pretrained", f"output={folder}"])
+    runpy.run_path(script, run_name="__main__")
     assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "README.md"}
     config = json.loads((folder / "config.json").read_text())
     assert config["spec"]["class_names"][1] == "disk" and config["model"]["_target_"] == "segkit.models.UNet"
