@@ -93,7 +93,7 @@ def test_coco_masks_match_pycocotools(tmp_path):
 def test_coco_unknown_category_and_class_list_by_name(tmp_path):
     ann_file = _coco_fixture(tmp_path / "src")
     names = tmp_path / "names.txt"
-    names.write_text("background\ndog\ncat\n")  # a fixed order, by name
+    names.write_text("_background_\ndog\ncat\n")  # a fixed order, by name; class 0 is background by any name
     convert("coco", ann_file, tmp_path / "out", class_names=names, split="train")
     assert read_mask(tmp_path / "out/masks/b.png")[15, 20] == 1  # dog is class 1 now
     names.write_text("background\ndog\n")

@@ -25,6 +25,7 @@ from segkit.data.classnames import read_class_names
 from segkit.data.io import IMAGE_SUFFIXES, DataError, default_palette
 
 IGNORE_LABEL = "__ignore__"  # labelme's convention (labels.txt in its examples): these regions are not scored
+BACKGROUND_NAMES = ("background", "_background_")  # a source's background label is class 0 in any class list
 IGNORE_COLOUR = (224, 224, 192)  # PASCAL VOC's colour for ignored pixels (index 255)
 
 
@@ -62,6 +63,7 @@ def _class_ids(source_names: Sequence[str], class_names: Optional[Sequence[str]]
     if class_names is None:
         return {n: i for i, n in enumerate(source_names)}
     index = {n: i for i, n in enumerate(class_names)}
+    index.update({n: 0 for n in source_names if n.lower() in BACKGROUND_NAMES and n not in index})  # class 0
     unknown = [n for n in source_names if n not in index]
     if unknown:
         raise DataError(f"{where}: labels {unknown} are not in the class list {list(class_names)}; add them to the "
@@ -105,8 +107,8 @@ def read_coco(json_path: Path, image_dir: Optional[Path] = None, class_names: Op
     image_dir = Path(image_dir) if image_dir else _coco_image_dir(json_path)
     categories = sorted(coco["categories"], key=lambda c: c["id"])
     cat_names = {c["id"]: str(c["name"]) for c in categories}
-    source_names = ["background"] + [n for n in cat_names.values() if n.lower() != "background"]
-    ids = _class_ids(source_names, class_names, str(json_path))
+    source_names = ["background"] + list(dict.fromkeys(n for n in cat_names.values() if n.lower() != "background"))
+    ids = _class_ids(source_names, class_names, str(json_path))  # categories sharing a name share a class
     cat_to_class = {cid: ids["background" if n.lower() == "background" else n] for cid, n in cat_names.items()}
     by_image: Dict[Any, List[dict]] = {}
     for ann in coco["annotations"]:
