@@ -97,6 +97,11 @@ def test_report_embeds_decodable_images(tmp_path):
     for name, iou in summary["per_class_iou"].items():
         assert f"{iou:.4f}" in text
     assert text.index(worst[0]["name"]) < text.index(worst[-1]["name"])  # lowest mIoU first
+    big = dict(worst[0], image=np.zeros((300, 1000, 3), np.uint8), truth=np.zeros((300, 1000), np.int64),
+               pred=np.ones((300, 1000), np.int64))
+    parser = _Images()
+    parser.feed(write_report(tmp_path / "big", summary, confusion, NAMES, PALETTE, [big], max_side=200).read_text())
+    assert [_decode(a["src"]).size for a in parser.images if a["alt"] == "errors"] == [(200, 60)]
     with pytest.raises(ValueError, match="must have the same height and width"):
         write_report(tmp_path, summary, confusion, NAMES, PALETTE, [dict(worst[0], pred=worst[0]["pred"][:5])])
 

@@ -128,8 +128,20 @@ def _confusion_table(confusion: np.ndarray, class_names: Sequence[str]) -> str:
             "(rows) predicted as each class (columns); hover a cell for the pixel count.</p>")
 
 
-def _gallery(worst: Sequence[Mapping[str, Any]], palette: Sequence[Sequence[int]], ignore_index: Optional[int]
-             ) -> str:
+def _shrink(arr: np.ndarray, max_side: int, smooth: bool) -> np.ndarray:
+    """At most ``max_side`` pixels on the long side (keeps the page light for large images); masks stay exact
+    colours (nearest), photos are filtered."""
+    h, w = arr.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return arr
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resample = Image.Resampling.BOX if smooth else Image.Resampling.NEAREST
+    return np.asarray(Image.fromarray(arr).resize(size, resample))
+
+
+def _gallery(worst: Sequence[Mapping[str, Any]], palette: Sequence[Sequence[int]], ignore_index: Optional[int],
+             max_side: int = 512) -> str:
     cards = []
     for item in worst:
         image, truth, pred = item["image"], np.asarray(item["truth"]), np.asarray(item["pred"])
@@ -137,9 +149,10 @@ def _gallery(worst: Sequence[Mapping[str, Any]], palette: Sequence[Sequence[int]
         if rgb.shape[:2] != truth.shape or truth.shape != pred.shape:
             raise ValueError(f"worst image {item.get('name')!r}: image {rgb.shape[:2]}, truth {truth.shape} and "
                              f"prediction {pred.shape} must have the same height and width")
-        panels = [("image", rgb), ("ground truth", colorize(truth, palette, ignore_index)),
-                  ("prediction", colorize(pred, palette, ignore_index)),
-                  ("errors", error_map(rgb, truth, pred, ignore_index))]
+        panels = [("image", _shrink(rgb, max_side, True)),
+                  ("ground truth", _shrink(colorize(truth, palette, ignore_index), max_side, False)),
+                  ("prediction", _shrink(colorize(pred, palette, ignore_index), max_side, False)),
+                  ("errors", _shrink(error_map(rgb, truth, pred, ignore_index), max_side, False))]
         figures = "".join(f'<figure><img src="{png_data_uri(arr)}" alt="{label}" width="{THUMB}" '
                           f'height="{max(1, round(THUMB * arr.shape[0] / arr.shape[1]))}">'
                           f"<figcaption>{label}</figcaption></figure>" for label, arr in panels)
@@ -172,7 +185,7 @@ img{image-rendering:pixelated;border:1px solid #ccc;display:block}
 
 def render_report(summary: Mapping[str, Any], confusion: np.ndarray, class_names: Sequence[str],
                   palette: Optional[Sequence[Sequence[int]]], worst: Sequence[Mapping[str, Any]],
-                  ignore_index: Optional[int] = 255, title: str = "segkit evaluation") -> str:
+                  ignore_index: Optional[int] = 255, title: str = "segkit evaluation", max_side: int = 512) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
     confusion = np.asarray(confusion, dtype=np.float64)
     k = len(class_names)
@@ -203,7 +216,7 @@ def render_report(summary: Mapping[str, Any], confusion: np.ndarray, class_names
 {_confusion_table(confusion, class_names)}
 <h2>Worst images (lowest per-image mIoU)</h2>
 <div class=legend>{legend}</div>
-{_gallery(worst, palette, ignore_index)}
+{_gallery(worst, palette, ignore_index, max_side)}
 </body></html>
 """
 
@@ -211,18 +224,19 @@ def render_report(summary: Mapping[str, Any], confusion: np.ndarray, class_names
 def write_report(output_dir: str | Path, summary: Mapping[str, Any], confusion: np.ndarray,
                  class_names: Sequence[str], palette: Optional[Sequence[Sequence[int]]],
                  worst: Sequence[Mapping[str, Any]], ignore_index: Optional[int] = 255,
-                 title: str = "segkit evaluation") -> Path:
+                 title: str = "segkit evaluation", max_side: int = 512) -> Path:
     """Write ``output_dir/report.html`` and return its path.
 
     ``summary``: the metrics.json dict (:func:`segkit.metrics.summarize` + ``num_images``/``split``);
     ``confusion``: ``(K, K)`` pixel counts, rows = ground truth; ``worst``: dicts ``{name, miou, image, truth,
     pred}`` with ``image`` ``(H, W, C)`` uint8 or float in 0-1 (the first three channels are shown, gray for one),
-    ``truth``/``pred`` ``(H, W)`` class ids (``ignore_index`` in ``truth`` is hatched).
+    ``truth``/``pred`` ``(H, W)`` class ids (``ignore_index`` in ``truth`` is hatched). Gallery images larger than
+    ``max_side`` are shown shrunk to it (masks by nearest neighbour, so colours stay exact).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "report.html"
-    path.write_text(render_report(summary, confusion, class_names, palette, worst, ignore_index, title),
+    path.write_text(render_report(summary, confusion, class_names, palette, worst, ignore_index, title, max_side),
                     encoding="utf-8")
     return path
 
