@@ -102,8 +102,8 @@ def _iou_table(summary: Mapping[str, Any], confusion: np.ndarray, class_names: S
                     f"<td class=num>{100 * truth_pixels[i] / total:.2f}%</td></tr>")
     return ("<table class=iou><thead><tr><th>id</th><th>class</th><th>IoU</th><th class=barcell></th>"
             "<th>recall</th><th>precision</th><th>share of pixels</th></tr></thead><tbody>" + "".join(rows)
-            + "</tbody></table><p class=note>— : the class is in neither the ground truth nor the predictions "
-            "(left out of the mean).</p>")
+            + "</tbody></table><p class=note>IoU —: the class is in neither the ground truth nor the predictions "
+            "(left out of the mean); recall/precision —: no ground-truth/predicted pixels of the class.</p>")
 
 
 def _confusion_table(confusion: np.ndarray, class_names: Sequence[str]) -> str:
