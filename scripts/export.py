@@ -1,4 +1,4 @@
-"""Export a checkpoint: python scripts/export.py ckpt_path=PATH format=onnx|torchscript|safetensors."""
+"""Export a checkpoint: python scripts/export.py ckpt_path=PATH format=onnx|torchscript|safetensors|pretrained."""
 from pathlib import Path
 
 import hydra
@@ -12,8 +12,21 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export")
 def main(cfg: DictConfig) -> None:
+    if cfg.format == "pretrained":  # a folder: model.safetensors + config.json + README.md (segkit.from_pretrained)
+        from segkit.hub import save_pretrained
+
+        folder = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_name(Path(cfg.ckpt_path).stem
+                                                                                    + "-pretrained")
+        save_pretrained(cfg.ckpt_path, folder, cfg.get("allowed_targets") or ())
+        print(f"wrote {folder}/ (model.safetensors, config.json, README.md); load it with "
+              f"segkit.from_pretrained({str(folder)!r})")
+        if cfg.get("push_to_hub"):
+            from segkit.hub import push_to_hub
+
+            print(f"pushed to {push_to_hub(folder, cfg.push_to_hub, private=bool(cfg.get('private', False)))}")
+        return
     if cfg.format not in SUFFIX:
-        raise SystemExit(f"format={cfg.format!r}: choose one of {sorted(SUFFIX)}")
+        raise SystemExit(f"format={cfg.format!r}: choose one of {sorted(SUFFIX) + ['pretrained']}")
     task, _ = load_task_from_checkpoint(cfg.ckpt_path, cfg.get("allowed_targets") or ())
     out = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(SUFFIX[cfg.format])
     input_dtype = str(cfg.get("input_dtype", "uint8"))
