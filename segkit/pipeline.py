@@ -199,6 +199,8 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir / f"eval-{split}"
     ensure_writable(output_dir)
     task.inference = _inference_options(cfg)
+    report_images = int(cfg.get("report_images", 8))
+    task.per_image = [] if report_images > 0 else None
     trainer = inference_trainer(cfg)
     start = time.perf_counter()
     trainer.validate(task, dataloaders=datamodule.eval_dataloader(split), verbose=False)
@@ -208,10 +210,29 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     cm = task.last_confusion.numpy()
     np.savetxt(output_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",")
     confusion_matrix_image(cm, task.class_names).save(output_dir / "confusion_matrix.png")
+    if report_images > 0:
+        write_evaluation_report(output_dir, summary, cm, task, trainer, datamodule.dataset(split), report_images)
     print(format_table(summary))
     print(f"{summary['num_images']} images ({split}) in {seconds:.1f} s, inference={task.inference.get('mode')}; "
-          f"results in {output_dir}")
+          f"results in {output_dir} (report.html)")
     return summary
+
+
+def write_evaluation_report(output_dir: Path, summary: Dict[str, Any], confusion: Any, task: Any, trainer: L.Trainer,
+                            dataset: Any, count: int) -> Path:
+    """report.html: per-class IoU, the confusion matrix and the ``count`` images with the lowest per-image mIoU
+    (their predictions recomputed by the same inference step, at the trainer's precision)."""
+    from segkit.analysis.html_report import worst_images, write_report
+
+    worst = worst_images(task.per_image or [], count=count)
+    index = {p.stem: i for i, (p, _) in enumerate(dataset.samples)}
+    task.eval()
+    for item in worst:
+        image, truth = dataset.load(index[item["name"]])
+        x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None].to(task.device)
+        with torch.inference_mode(), trainer.strategy.precision_plugin.forward_context():
+            item.update(image=image, truth=truth, pred=task.infer(x).argmax(1)[0].cpu().numpy())
+    return write_report(output_dir, summary, confusion, task.class_names, task.spec.palette, worst, task.ignore_index)
 
 
 def check_data_matches(task: Any, datamodule: Any) -> None:

@@ -95,6 +95,18 @@ def test_evaluate_and_predict_on_every_data_config(trained, kind, tmp_path):
         pred.append(np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}.png")).ravel()[keep])
     cm = confusion_matrix(np.concatenate(truth), np.concatenate(pred), labels=list(range(6)))
     assert cm.tolist() == np.loadtxt(tmp_path / "eval" / "confusion_matrix.csv", delimiter=",").astype(int).tolist()
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert all(image.stem in report for image, _ in samples[:8])  # every image is among the (up to 8) worst
+
+
+def test_class_names_and_palette_from_a_labelmap_file(tmp_path):
+    (tmp_path / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\nroad:128,64,128::\n"
+                                           "car:0,0,142::\n")
+    cfg = compose_cfg("train", ["data=folder", f"data.source.root={tmp_path}", "data.num_classes=3",
+                                f"data.class_names={tmp_path / 'labelmap.txt'}"], tmp_path)
+    dm = instantiate(cfg.data)
+    assert dm.class_names == ["background", "road", "car"]
+    assert dm.palette == [[0, 0, 0], [128, 64, 128], [0, 0, 142]]
 
 
 def test_evaluating_data_with_other_classes_is_a_clear_error(trained, tmp_path):

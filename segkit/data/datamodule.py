@@ -1,6 +1,7 @@
 """LightningDataModule: a source (layout), albumentations pipelines from config, seeded loaders."""
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -18,13 +19,14 @@ class SegmentationDataModule(L.LightningDataModule):
     (``num_classes``, ``ignore_index``, class names, palette, ``in_channels``, ``mean``/``std``), set here once.
 
     ``split`` is the split that evaluation and prediction use (``val`` by default); ``crop_size`` is the training
-    input size that the augmentation pipeline produces. ``mean``/``std`` (0-1 units, one per channel) default to
+    input size that the augmentation pipeline produces. ``class_names`` is a list or a file: ``class_names.txt`` (one
+    per line) or a VOC/CVAT ``labelmap.txt`` (``name:r,g,b::``, whose colours become the palette). ``mean``/``std`` (0-1 units, one per channel) default to
     ImageNet's for 3-channel 8-bit images and are measured from the training images otherwise. ``cache``: keep
     decoded images in memory (``"auto"``: when they fit in ``cache_limit_mb``), so small datasets are decoded once.
     """
 
     def __init__(self, source: Any, num_classes: int, ignore_index: int = 255,
-                 class_names: Optional[Sequence[str]] = None, palette: Optional[Sequence[Sequence[int]]] = None,
+                 class_names: Union[Sequence[str], str, None] = None, palette: Optional[Sequence[Sequence[int]]] = None,
                  in_channels: int = 3, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  batch_size: int = 8, eval_batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, train_transform: Optional[Callable] = None,
@@ -43,6 +45,11 @@ class SegmentationDataModule(L.LightningDataModule):
         self.crop_size = crop_size  # the training input size (used for the start-up shape check)
         self.cache, self.cache_limit_mb = cache, cache_limit_mb
         self._datasets: dict[str, SegmentationDataset] = {}
+        if isinstance(class_names, (str, os.PathLike)):  # class_names.txt (one per line) or labelmap.txt
+            from segkit.data.classnames import read_class_names
+
+            class_names, file_palette = read_class_names(class_names)
+            palette = file_palette if palette is None else palette
         if (mean is None) != (std is None):
             raise ValueError("set both data.mean and data.std, or neither (null: measured from the data)")
         self._spec_args = dict(num_classes=num_classes, ignore_index=ignore_index, class_names=class_names,
