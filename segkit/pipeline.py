@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segkit.config import check_targets, load_checkpoint, model_config_from_checkpoint, to_plain
+from segkit.config import check_targets, load_checkpoint, to_plain
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -122,7 +122,10 @@ def load_task_from_checkpoint(ckpt_path: str, allowed=()) -> tuple[Any, DictConf
     from segkit.data.spec import DataSpec
 
     ckpt = load_checkpoint(ckpt_path)
-    cfg = model_config_from_checkpoint(ckpt, allowed, ckpt_path)
+    cfg = OmegaConf.create(ckpt["segkit"]["config"])
+    # only what is instantiated here is checked: a training-time callback or logger target is never built again
+    check_targets(OmegaConf.create({"model": cfg.get("model"), "task": cfg.get("task")}), allowed,
+                  source=f"checkpoint {ckpt_path}")
     spec = ckpt["segkit"].get("spec")
     if spec is None:
         raise ValueError(f"{ckpt_path} was written by segkit 0.1 (no data spec inside); retrain it with this version "

@@ -229,3 +229,21 @@ def test_sidecar_units_match_the_input_it_declares(trained, tmp_path):
     norm = meta["normalisation"]
     mine = (x.float() / 255 - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
     torch.testing.assert_close(mine, task.normalize(x))
+
+
+@pytest.mark.parametrize("node", ["model", "task", "task.loss"])
+def test_checkpoint_with_unsafe_model_or_task_target_is_refused(trained, tmp_path, node):
+    """What evaluate/predict/export instantiate from a checkpoint (model, task) is checked; nothing runs."""
+    from segkit.config import UnsafeConfigError
+    from segkit.pipeline import load_task_from_checkpoint
+
+    _, ckpt, _ = trained
+    state = torch.load(ckpt, weights_only=True)
+    target = state["segkit"]["config"]
+    for key in node.split("."):
+        target = target[key]
+    target["_target_"] = "os.system"
+    path = tmp_path / "evil.ckpt"
+    torch.save(state, path)
+    with pytest.raises(UnsafeConfigError, match=rf"{node.replace('.', r'.')}\._target_='os.system'"):
+        load_task_from_checkpoint(str(path))
