@@ -135,3 +135,12 @@ def test_generation_onto_a_foreign_folder_fails_clearly(tmp_path):
         SyntheticShapesSource(str(tmp_path), size=32, num_train=4, num_val=2, num_test=2)
     assert [p.name for p in (root / "images").iterdir()] == ["mine.png"]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [root.name]
+
+
+def test_an_empty_list_fails_only_when_its_split_is_asked_for(tmp_path):
+    names = make_folder(tmp_path, 6, {"train": ["img_000", "img_001", "img_002"], "val": ["img_003"]})
+    (tmp_path / "splits" / "test.txt").write_text("\n")
+    source = FolderSource(str(tmp_path))
+    assert [p.stem for p, _ in source.samples("train")] == names[:3]
+    with pytest.raises(DataError, match=r"split list .*splits/test\.txt is empty"):
+        source.samples("test")

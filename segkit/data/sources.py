@@ -10,8 +10,12 @@ from segkit.data.io import IMAGE_SUFFIXES, DataError
 Sample = Tuple[Path, Optional[Path]]
 
 
+def _read_names(path: Path) -> List[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
 def _read_split_list(path: Path) -> List[str]:
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    names = _read_names(path)
     if not names:
         raise DataError(f"split list {path} is empty; list one image name per line")
     return names
@@ -56,10 +60,14 @@ class FolderSource:
         for split in SPLITS:
             split_file = self.splits_dir / f"{split}.txt"
             if split_file.is_file():
-                listed[split] = self._listed_file(split_file, images)
+                listed[split] = self._listed_file(split_file, images, required=False)
         return listed
 
-    def _listed_file(self, split_file: Path, images: Dict[str, Path]) -> List[str]:
+    def _listed_file(self, split_file: Path, images: Dict[str, Path], required: bool = True) -> List[str]:
+        """The names in ``split_file``, each checked to be in the image folder; an empty list is an error only
+        when that split is asked for (``required``)."""
+        if not required and not _read_names(split_file):
+            return []
         names = _read_split_list(split_file)
         missing = [n for n in names if n not in images]
         if missing:
@@ -102,6 +110,8 @@ class FolderSource:
             names = self._listed_file(split_file, images)
             return [(images[n], self.masks_dir / f"{n}{self.mask_suffix}") for n in names]
         names = self.split_names(images)[split]
+        if not names and (self.splits_dir / f"{split}.txt").is_file():
+            _read_split_list(self.splits_dir / f"{split}.txt")  # raises: the list is empty
         lists = [self.splits_dir / f"{s}.txt" for s in SPLITS if (self.splits_dir / f"{s}.txt").is_file()]
         if not names and lists and (split != "test" or self.test_ratio > 0):
             split_file = self.splits_dir / f"{split}.txt"

@@ -133,7 +133,8 @@ def generate(root: Path, seed: int, size: int, num_train: int, num_val: int, num
                     cv2.imwrite(str(tmp / "images" / f"{name}.png"), image[..., ::-1])
                     cv2.imwrite(str(tmp / "masks" / f"{name}.png"), mask)
                     names.append(name)
-                (tmp / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+                if names:  # no list for an empty split: it is then simply absent (num_test=0)
+                    (tmp / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
             (tmp / "classes.json").write_text(json.dumps({"class_names": CLASS_NAMES, "version": VERSION}))
             try:
                 os.replace(tmp, root)
