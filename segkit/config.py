@@ -151,8 +151,17 @@ def load_checkpoint(path: str | Path) -> Dict[str, Any]:
     return ckpt
 
 
+# The parts of a checkpoint's stored config that evaluation, prediction and export rebuild. The run's callbacks,
+# loggers and trainer are never instantiated from a checkpoint, so a custom callback the run trusted with
+# allowed_targets does not have to be trusted again to evaluate it.
+CHECKPOINT_REBUILT = ("model", "task", "data")
+
+
 def model_config_from_checkpoint(ckpt: Dict[str, Any], allowed: Iterable[str] = (), path: Optional[str] = None
                                  ) -> DictConfig:
+    """The run config stored in a checkpoint, its :data:`CHECKPOINT_REBUILT` parts checked against the allowlist
+    (``allowed`` comes from the current command line, never from the checkpoint)."""
     cfg = OmegaConf.create(ckpt["segkit"]["config"])
-    check_targets(cfg, allowed, source=f"checkpoint {path}" if path else "checkpoint")
+    check_targets({k: cfg.get(k) for k in CHECKPOINT_REBUILT}, allowed,
+                  source=f"checkpoint {path}" if path else "checkpoint")
     return cfg

@@ -99,6 +99,16 @@ def test_checkpoint_config_with_dangerous_target_refused(tmp_path, target, where
     assert not (tmp_path / "pwned").exists()
 
 
+def test_checkpoint_of_a_run_with_a_trusted_custom_callback_evaluates(tmp_path):
+    """Callbacks are not rebuilt from a checkpoint: a callback the run allowed is not checked again."""
+    cfg = compose_cfg("train", ["+callbacks.mine._target_=mypkg.MyCallback", "allowed_targets=[mypkg.MyCallback]"],
+                      tmp_path)
+    check_targets(cfg, cfg.allowed_targets)
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {}, "segkit": {"config": OmegaConf.to_container(cfg, resolve=False)}}, path)
+    assert model_config_from_checkpoint(load_checkpoint(path)).callbacks.mine._target_ == "mypkg.MyCallback"
+
+
 # ---- what is admitted ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target", [
     "segkit.models.UNet", "segkit.models.layers.ConvTransposeUpsample", "segkit.losses.DiceLoss",
