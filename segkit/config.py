@@ -95,12 +95,31 @@ def _allowed_by_user(name: str, allowed: Iterable[str]) -> bool:
     return False
 
 
+def _resolved(node: Any, key: Any) -> Any:
+    """``node[key]`` with interpolations resolved (a resolver such as ``oc.create`` can make a config node out of a
+    string, which instantiate would follow), or None when it cannot be resolved here (a missing ``???`` value, or
+    ``${hydra:...}`` outside a Hydra run): such a value fails at instantiation instead."""
+    try:
+        return node[key]
+    except Exception:
+        return None
+
+
 def _walk(node: Any, path: str):
-    """``(key path, target)`` for every ``_target_``; interpolations stay unresolved (an interpolated target is
-    refused rather than followed)."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        node = OmegaConf.to_container(node, resolve=False)
-    if isinstance(node, dict):
+    """``(key path, target)`` for every ``_target_``, looking through resolved interpolations; an interpolated
+    ``_target_`` itself is yielded unresolved, and so refused rather than followed."""
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield child, (OmegaConf.to_container(node, resolve=False)[key]
+                              if OmegaConf.is_interpolation(node, key) else node[key])
+            else:
+                yield from _walk(_resolved(node, key), child)
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from _walk(_resolved(node, i), f"{path}[{i}]")
+    elif isinstance(node, dict):
         for key, value in node.items():
             child = f"{path}.{key}" if path else str(key)
             if key == "_target_":

@@ -192,3 +192,27 @@ def test_the_walk_sees_the_groups():
     groups = {g for g, _ in _group_options()}
     assert {"data", "data/augment", "model", "model/upsampler", "task/loss", "task/optimizer", "logger",
             "callbacks", "trainer", "experiment"} <= groups
+
+
+# ---- targets hidden behind interpolations --------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["${oc.create:{_target_: builtins.print, _args_: [pwned]}}",
+                                   "${oc.decode:'{_target_: builtins.print, _args_: [pwned]}'}",
+                                   "${callbacks.evil}", "${oc.select:callbacks.evil}"])
+def test_targets_made_by_interpolations_are_checked(value, capsys):
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.create({"model": {"_target_": "torch.nn.Identity", "x": value},
+                            "callbacks": {"evil": {"_target_": "builtins.print", "_args_": ["pwned"]}}})
+    with pytest.raises(UnsafeConfigError, match=r"model\.x\._target_='builtins.print'"):
+        check_targets(cfg)
+    with pytest.raises(UnsafeConfigError, match=r"model\.x\._target_='builtins.print'"):  # checkpoint: model only
+        model_config_from_checkpoint({"segkit": {"config": OmegaConf.to_container(cfg, resolve=False)}})
+    if "decode" not in value:  # what the check prevents: instantiate follows the resolved node
+        instantiate(cfg.model)
+        assert "pwned" in capsys.readouterr().out
+
+
+def test_interpolated_target_is_refused_not_followed():
+    cfg = OmegaConf.create({"name": "torch.optim.SGD", "opt": {"_target_": "${name}"}})
+    with pytest.raises(UnsafeConfigError, match=r"opt\._target_='\$\{name\}'.*not a plain dotted name"):
+        check_targets(cfg)
