@@ -93,7 +93,8 @@ def test_sliding_window_larger_than_image_zero_pads_and_cuts():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("shape,window,stride", [((1, 3, 23, 37), (8, 12), (5, 7)), ((2, 2, 30, 30), (10, 10), (10, 10)),
+@pytest.mark.parametrize("shape,window,stride", [((1, 3, 23, 37), (8, 12), (5, 7)),
+                                                 ((2, 2, 30, 30), (10, 10), (10, 10)),
                                                  ((1, 1, 17, 9), (16, 4), (3, 1))])
 def test_uniform_sliding_window_equals_manual_average(shape, window, stride):
     x = torch.rand(shape)
