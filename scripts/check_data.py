@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 from segkit.check_data import check_data
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="../configs", config_name="check_data")
 def main(cfg: DictConfig) -> None:
     if check_data(cfg)["problems"]:
         sys.exit(1)

@@ -9,26 +9,37 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from segkit.config import check_targets
-from segkit.data.dataset import SegmentationDataset
 from segkit.data.io import DataError
+from segkit.data.sources import MissingSplitError
+
+# Training needs train and val; a layout without a test split (VOC2012 ships no test list) is complete.
+REQUIRED_SPLITS = ("train", "val")
 
 
 def check_dataset(datamodule: Any, splits=("train", "val", "test")) -> Dict[str, Any]:
-    """Read every sample (without augmentation); collect sizes, class pixel counts and every problem found."""
-    report: Dict[str, Any] = {"splits": {}, "problems": []}
+    """Read every sample (without augmentation); collect sizes, class pixel counts, every problem found and, as
+    information, which optional splits the layout does not have."""
+    report: Dict[str, Any] = {"splits": {}, "problems": [], "info": []}
     pixels = np.zeros(datamodule.num_classes + 1, dtype=np.int64)  # last bin: ignore_index
     for split in splits:
         try:
             samples = datamodule.source.samples(split)
+        except MissingSplitError as exc:
+            if split in REQUIRED_SPLITS:
+                report["problems"].append(f"{split}: {exc}")
+            else:
+                report["info"].append(f"{split}: not provided (optional): {str(exc).split(';')[0]}")
+            continue
         except DataError as exc:
             report["problems"].append(f"{split}: {exc}")
             continue
         if not samples:
-            if split != "test":
+            if split in REQUIRED_SPLITS:
                 report["problems"].append(f"{split}: the split is empty")
+            else:
+                report["info"].append(f"{split}: no images (optional split)")
             continue
-        dataset = SegmentationDataset(samples, datamodule.num_classes, datamodule.ignore_index, None,
-                                      getattr(datamodule.source, "label_map", None))
+        dataset = datamodule.dataset(split)  # no augmentation (eval_transform is null by default)
         sizes: Counter = Counter()
         ok = 0
         for i in range(len(dataset)):
@@ -51,12 +62,14 @@ def check_dataset(datamodule: Any, splits=("train", "val", "test")) -> Dict[str,
 
 
 def format_report(report: Dict[str, Any]) -> str:
-    lines: List[str] = []
+    found = ", ".join(f"{split} ({info['images']} images)" for split, info in report["splits"].items())
+    lines: List[str] = [f"splits found: {found or 'none'}"]
     for split, info in report["splits"].items():
         lines.append(f"{split}: {info['readable']}/{info['images']} readable; sizes {info['sizes']}")
     lines.append("class pixel frequency: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                          report["class_pixel_frequency"].items()))
     lines.append(f"ignored pixels: {report['ignored_pixel_fraction']:.4f}")
+    lines += [f"note: {i}" for i in report.get("info", [])]
     problems = report["problems"]
     lines.append(f"{len(problems)} problem(s) found" + (":" if problems else ""))
     lines += [f"  - {p}" for p in problems]

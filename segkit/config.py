@@ -1,29 +1,125 @@
-"""Config helpers: only trusted ``_target_`` namespaces are instantiated; configs stored as plain types."""
+"""Config helpers: ``_target_`` checked against an allowlist before anything is instantiated; configs stored as
+plain types."""
 from __future__ import annotations
 
+import functools
+import importlib
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-TRUSTED_NAMESPACES = ("segkit", "torch", "torchvision", "torchmetrics", "albumentations", "lightning",
-                      "pytorch_lightning")
-# Callables inside trusted namespaces that load or run foreign code.
-DENIED_TARGETS = ("torch.hub", "torch.load", "torch.jit.load", "torch.package", "torch.utils.cpp_extension",
-                  "torch.ops.load_library", "torch.classes.load_library", "torch.compile", "torch.export.load")
+# What a ``_target_`` may name without ``allowed_targets``: a class, found under one of these dotted prefixes and
+# defined in that package, that subclasses one of the listed bases. Rules go by kind, not by name, so a new segkit
+# encoder, an albumentations transform or a lightning callback/logger is admitted without editing this table,
+# while functions (``torch.load``, ``torch.hub.load``, ``torch.multiprocessing.spawn``, ``os.system``) never are:
+# a function can do anything with its arguments; constructing these classes only builds an object.
+TARGET_RULES: Dict[str, Tuple[str, ...]] = {
+    "segkit": ("builtins.object",),
+    "torch.nn": ("torch.nn.Module",),
+    "torch.optim": ("torch.optim.Optimizer", "torch.optim.lr_scheduler.LRScheduler",
+                    "torch.optim.lr_scheduler.ReduceLROnPlateau"),
+    "albumentations": ("albumentations.core.transforms_interface.BasicTransform",
+                       "albumentations.core.composition.BaseCompose"),
+    "torchmetrics": ("torchmetrics.Metric", "torchmetrics.MetricCollection"),
+    "lightning": ("lightning.pytorch.Trainer", "lightning.pytorch.Callback", "lightning.pytorch.loggers.Logger",
+                  "lightning.pytorch.strategies.Strategy", "lightning.pytorch.profilers.Profiler",
+                  "lightning.pytorch.plugins.precision.Precision",
+                  "lightning.fabric.plugins.environments.ClusterEnvironment"),
+}
+# segkit functions that build objects for configs; mark new ones with @config_target instead of listing them here.
+LEGACY_FACTORIES = frozenset({"segkit.trainer.make_trainer"})  # until configs/trainer names lightning.Trainer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_target(fn: F) -> F:
+    """Mark a segkit function as a factory that configs may name in ``_target_`` (classes need no mark)."""
+    fn.__segkit_config_target__ = True  # type: ignore[attr-defined]
+    return fn
 
 
 class UnsafeConfigError(ValueError):
-    """A ``_target_`` outside the trusted namespaces; raised before anything is instantiated."""
+    """A ``_target_`` outside the allowlist; raised before anything is instantiated."""
+
+
+def _resolve(name: str) -> Any:
+    """The object a dotted name points to, the way Hydra finds it (attributes, else submodule imports). Called only
+    for names under a trusted package, so only modules of that package are imported."""
+    parts = name.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, part in enumerate(parts[1:], start=2):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            obj = importlib.import_module(".".join(parts[:i]))
+    return obj
+
+
+@functools.lru_cache(maxsize=None)
+def _refusal(name: str) -> Optional[str]:
+    """Why ``name`` may not be instantiated, or None when a rule admits it."""
+    parts = name.split(".")
+    if not name or any(not p.isidentifier() or p.startswith("_") for p in parts):
+        return "not a plain dotted name of a public object"
+    prefix = next((p for p in TARGET_RULES if name.startswith(p + ".")), None)
+    if prefix is None:
+        return "outside the trusted packages"
+    try:
+        obj = _resolve(name)
+    except Exception as exc:  # a missing module or attribute, or a trusted module that fails to import
+        return f"cannot be imported ({type(exc).__name__}: {exc})"
+    package = prefix.split(".")[0]
+    if package == "segkit" and not isinstance(obj, type):
+        if name in LEGACY_FACTORIES or getattr(obj, "__segkit_config_target__", False):
+            return None
+        return "a segkit function not marked @config_target"
+    if not isinstance(obj, type):
+        return f"a {type(obj).__name__}, not a class"
+    if obj.__module__.split(".")[0] != package:
+        return f"a class from {obj.__module__}, not from {package}"
+    bases = tuple(_resolve(b) for b in TARGET_RULES[prefix])
+    if not issubclass(obj, bases):
+        return f"not a subclass of {' or '.join(TARGET_RULES[prefix])}"
+    return None
+
+
+def _allowed_by_user(name: str, allowed: Iterable[str]) -> bool:
+    """``allowed_targets`` entries: an exact name (``mypkg.Thing``), or a package with everything under it
+    (``mypkg`` or ``mypkg.*``)."""
+    for entry in allowed:
+        entry = str(entry).removesuffix(".*")
+        if name == entry or name.startswith(entry + "."):
+            return True
+    return False
+
+
+def _resolved(node: Any, key: Any) -> Any:
+    """``node[key]`` with interpolations resolved (a resolver such as ``oc.create`` can make a config node out of a
+    string, which instantiate would follow), or None when it cannot be resolved here (a missing ``???`` value, or
+    ``${hydra:...}`` outside a Hydra run): such a value fails at instantiation instead."""
+    try:
+        return node[key]
+    except Exception:
+        return None
 
 
 def _walk(node: Any, path: str):
-    """``(key path, target)`` for every ``_target_``; interpolations stay unresolved (an interpolated target is
-    refused rather than followed)."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        node = OmegaConf.to_container(node, resolve=False)
-    if isinstance(node, dict):
+    """``(key path, target)`` for every ``_target_``, looking through resolved interpolations; an interpolated
+    ``_target_`` itself is yielded unresolved, and so refused rather than followed."""
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield child, (OmegaConf.to_container(node, resolve=False)[key]
+                              if OmegaConf.is_interpolation(node, key) else node[key])
+            else:
+                yield from _walk(_resolved(node, key), child)
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from _walk(_resolved(node, i), f"{path}[{i}]")
+    elif isinstance(node, dict):
         for key, value in node.items():
             child = f"{path}.{key}" if path else str(key)
             if key == "_target_":
@@ -36,18 +132,20 @@ def _walk(node: Any, path: str):
 
 
 def check_targets(cfg: Any, allowed: Iterable[str] = (), source: str = "config") -> None:
-    """Refuse any ``_target_`` outside segkit/torch/torchvision/torchmetrics/albumentations/lightning and the
-    namespaces in ``allowed`` (the ``allowed_targets`` config key)."""
-    trusted = tuple(TRUSTED_NAMESPACES) + tuple(allowed)
+    """Refuse any ``_target_`` that :data:`TARGET_RULES` does not admit and ``allowed`` (the ``allowed_targets``
+    config key) does not name, with the key, the reason and the fix. Only trusted packages are imported."""
     for key, target in _walk(cfg, ""):
         name = str(target)
-        ok = any(name == ns or name.startswith(ns + ".") for ns in trusted)
-        denied = any(name == d or name.startswith(d + ".") for d in DENIED_TARGETS)
-        if not ok or denied:
+        if _allowed_by_user(name, allowed):
+            continue
+        why = _refusal(name) if isinstance(target, str) else "not a string"
+        if why:
             raise UnsafeConfigError(
-                f"{source}: {key}={name!r} is not an allowed target. segkit instantiates only "
-                f"{', '.join(TRUSTED_NAMESPACES)} (minus loaders like torch.load/torch.hub). If you trust "
-                f"{name.split('.')[0]!r}, add it with allowed_targets=[{name.split('.')[0]}]."
+                f"{source}: {key}={name!r} is not an allowed target: {why}. segkit instantiates only its own "
+                "classes, torch.nn modules, torch.optim optimisers and schedulers, albumentations transforms, "
+                "torchmetrics metrics and lightning's Trainer, callbacks, loggers, strategies and profilers "
+                "(never functions such as torch.load or os.system). If you trust it, add "
+                f"allowed_targets=[{name}] (or allowed_targets=[{name.split('.')[0]}] for its whole package)."
             )
 
 
@@ -72,8 +170,17 @@ def load_checkpoint(path: str | Path) -> Dict[str, Any]:
     return ckpt
 
 
+# The parts of a checkpoint's stored config that evaluation, prediction and export rebuild. The run's callbacks,
+# loggers and trainer are never instantiated from a checkpoint, so a custom callback the run trusted with
+# allowed_targets does not have to be trusted again to evaluate it.
+CHECKPOINT_REBUILT = ("model", "task", "data")
+
+
 def model_config_from_checkpoint(ckpt: Dict[str, Any], allowed: Iterable[str] = (), path: Optional[str] = None
                                  ) -> DictConfig:
+    """The run config stored in a checkpoint, its :data:`CHECKPOINT_REBUILT` parts checked against the allowlist
+    (``allowed`` comes from the current command line, never from the checkpoint)."""
     cfg = OmegaConf.create(ckpt["segkit"]["config"])
-    check_targets(cfg, allowed, source=f"checkpoint {path}" if path else "checkpoint")
+    check_targets({k: cfg.get(k) for k in CHECKPOINT_REBUILT}, allowed,
+                  source=f"checkpoint {path}" if path else "checkpoint")
     return cfg

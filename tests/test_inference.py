@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segkit.inference import gaussian_weight, infer, multi_scale_flip, sliding_window
@@ -26,15 +27,80 @@ class FlipEquivariant(nn.Module):
         return self.conv(x.float())
 
 
+class WindowMean(nn.Module):
+    """Every output pixel is the mean of the whole input it was given (per channel): a model whose output depends
+    on which window it saw, so blending, coverage and padding all show in the result."""
+
+    def forward(self, x):
+        return x.float().mean(dim=(-2, -1), keepdim=True).expand(x.shape).clone()
+
+
+def window_offsets(length, window, stride):
+    """Offsets written out independently of segkit: every stride, plus one flush with the end."""
+    if length <= window:
+        return [0]
+    offsets = list(range(0, length - window + 1, stride))
+    return offsets if offsets[-1] == length - window else offsets + [length - window]
+
+
+def manual_sliding_uniform(net, x, window, stride):
+    """Sliding-window inference computed the plain way: zero-pad to at least the window, run every window on its
+    own, average the overlapping outputs with equal weight, cut the padding."""
+    (wh, ww), (sh, sw) = window, stride
+    n, _, h, w = x.shape
+    ph, pw = max(h, wh), max(w, ww)
+    padded = torch.zeros(n, x.shape[1], ph, pw)
+    padded[..., :h, :w] = x
+    total, count = None, torch.zeros(ph, pw)
+    for y in window_offsets(ph, wh, sh):
+        for xx in window_offsets(pw, ww, sw):
+            out = net(padded[..., y:y + wh, xx:xx + ww])
+            total = torch.zeros(n, out.shape[1], ph, pw) if total is None else total
+            total[..., y:y + wh, xx:xx + ww] += out
+            count[y:y + wh, xx:xx + ww] += 1
+    return (total / count)[..., :h, :w]
+
+
+def manual_tta(net, x, scales, flip, base=lambda net, x: net(x)):
+    """Multi-scale + flip TTA written out: resize the image (bilinear), predict (and on the mirrored image,
+    mirrored back), resize the logits back to the input size, average every pass."""
+    h, w = x.shape[-2:]
+    passes = []
+    for s in scales:
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        outs = [base(net, xs)] + ([base(net, xs.flip(-1)).flip(-1)] if flip else [])
+        passes += [o if o.shape[-2:] == (h, w) else F.interpolate(o, size=(h, w), mode="bilinear",
+                                                                   align_corners=False) for o in outs]
+    return torch.stack(passes).mean(0)
+
+
 @torch.no_grad()
 def test_sliding_window_covering_whole_image_equals_whole():
     net = small_unet()
     x = torch.randn(2, 3, 40, 52)
     for blend in ("gaussian", "uniform"):
         assert torch.allclose(sliding_window(net, x, window=(40, 52), stride=20, blend=blend), net(x), atol=1e-5)
-        # larger window: the image is padded, and the padding removed again
-        out = sliding_window(net, x, window=64, stride=32, blend=blend)
-        assert out.shape == (2, 3, 40, 52)
+
+
+@torch.no_grad()
+def test_sliding_window_larger_than_image_zero_pads_and_cuts():
+    x = torch.rand(2, 3, 40, 52)
+    expected = x.sum(dim=(-2, -1), keepdim=True).expand(x.shape) / (64 * 64)  # the zeros count in the mean
+    for blend in ("gaussian", "uniform"):
+        assert torch.allclose(sliding_window(WindowMean(), x, window=64, stride=32, blend=blend), expected,
+                              atol=1e-6)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("shape,window,stride", [((1, 3, 23, 37), (8, 12), (5, 7)),
+                                                 ((2, 2, 30, 30), (10, 10), (10, 10)),
+                                                 ((1, 1, 17, 9), (16, 4), (3, 1))])
+def test_uniform_sliding_window_equals_manual_average(shape, window, stride):
+    x = torch.rand(shape)
+    out = sliding_window(WindowMean(), x, window, stride, blend="uniform", batch_size=3)
+    assert torch.allclose(out, manual_sliding_uniform(WindowMean(), x, window, stride), atol=1e-6)
+    assert not torch.allclose(out, WindowMean()(x), atol=1e-3)  # the windows really differ from the whole image
 
 
 @torch.no_grad()
@@ -53,12 +119,28 @@ def test_flip_tta_of_equivariant_model_equals_plain():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["whole", "slide", "tta"])
-def test_arbitrary_sizes(mode):
+@pytest.mark.parametrize("scales,flip", [([0.5, 1.0, 1.5], True), ([0.75, 1.25], False), ([1.0], True)])
+def test_multi_scale_tta_equals_manual_average_of_resized_passes(scales, flip):
     net = small_unet()
-    out = infer(net, torch.randint(0, 255, (1, 3, 97, 131), dtype=torch.uint8).float(), mode=mode, window=64,
-                stride=48, scales=[0.5, 1.0], flip=True)
-    assert out.shape == (1, 3, 97, 131) and torch.isfinite(out).all()
+    x = torch.rand(2, 3, 45, 61) * 255
+    out = multi_scale_flip(net, x, scales=scales, flip=flip)
+    assert torch.allclose(out, manual_tta(net, x, scales, flip), atol=1e-4)
+    assert not torch.allclose(out, net(x), atol=1e-3)  # TTA changes the logits of a non-equivariant net
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["whole", "slide", "tta"])
+def test_infer_modes_on_arbitrary_sizes_equal_manual_computation(mode):
+    net = small_unet()
+    x = torch.randint(0, 255, (1, 3, 97, 131), dtype=torch.uint8).float()
+    out = infer(net, x, mode=mode, window=64, stride=48, blend="uniform", scales=[0.5, 1.0], flip=True,
+                batch_size=4)
+    slide = lambda net, x: manual_sliding_uniform(net, x, (64, 64), (48, 48))  # noqa: E731
+    expected = {"whole": lambda: net(x), "slide": lambda: slide(net, x),
+                # tta slides when the window is smaller than the (unscaled) image, at every scale
+                "tta": lambda: manual_tta(net, x, [0.5, 1.0], True, base=slide)}[mode]()
+    assert out.shape == (1, 3, 97, 131)
+    assert torch.allclose(out, expected, atol=1e-4)
 
 
 def test_gaussian_weight_and_bad_arguments():

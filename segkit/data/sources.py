@@ -10,18 +10,33 @@ from segkit.data.io import IMAGE_SUFFIXES, DataError
 Sample = Tuple[Path, Optional[Path]]
 
 
+def _read_names(path: Path) -> List[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
 def _read_split_list(path: Path) -> List[str]:
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    names = _read_names(path)
     if not names:
         raise DataError(f"split list {path} is empty; list one image name per line")
     return names
 
 
+SPLITS = ("train", "val", "test")
+
+
+class MissingSplitError(DataError):
+    """The layout has no such split (no split list, no folder): for an optional split (test) this is information."""
+
+
 class FolderSource:
     """Generic layout: ``root/images/NAME.jpg`` with ``root/masks/NAME.png`` (matching stems).
 
-    Splits come from ``root/splits/{train,val,test}.txt`` (one name per line) when present, otherwise from
-    ``val_ratio``/``test_ratio`` of a seeded shuffle of all images.
+    Splits come from ``root/splits/{train,val,test}.txt`` (one name per line) when present. Splits without a list
+    are drawn, with a seeded shuffle, from the images no list names, so they never overlap a listed split: with no
+    lists at all, ``val_ratio``/``test_ratio`` of all images go to val/test and the rest to train; with only
+    ``train.txt``, the unlisted images are shared between val and test in the ratio ``val_ratio:test_ratio`` (all
+    of them to val when ``test_ratio`` is 0); with only ``val.txt`` (and/or ``test.txt``), ``val_ratio``/
+    ``test_ratio`` of all images go to the missing evaluation split and the rest of the unlisted ones to train.
     """
 
     label_map: Optional[Dict[int, int]] = None
@@ -36,24 +51,73 @@ class FolderSource:
     def _images(self) -> Dict[str, Path]:
         if not self.images_dir.is_dir():
             raise DataError(f"image folder not found: {self.images_dir}; set data.source.root to the dataset "
-                            "folder holding images/ and masks/")
+                            "folder holding images/ and masks/ (or data.source.images_dir/masks_dir to their names)")
         return {p.stem: p for p in sorted(self.images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+    def _listed(self, images: Dict[str, Path]) -> Dict[str, List[str]]:
+        """The split lists that exist, checked against the image folder."""
+        listed = {}
+        for split in SPLITS:
+            split_file = self.splits_dir / f"{split}.txt"
+            if split_file.is_file():
+                listed[split] = self._listed_file(split_file, images, required=False)
+        return listed
+
+    def _listed_file(self, split_file: Path, images: Dict[str, Path], required: bool = True) -> List[str]:
+        """The names in ``split_file``, each checked to be in the image folder; an empty list is an error only
+        when that split is asked for (``required``)."""
+        if not required and not _read_names(split_file):
+            return []
+        names = _read_split_list(split_file)
+        missing = [n for n in names if n not in images]
+        if missing:
+            raise DataError(f"{split_file} lists images not in {self.images_dir}: {missing[:5]}")
+        return names
+
+    def split_names(self, images: Optional[Dict[str, Path]] = None) -> Dict[str, List[str]]:
+        """Image names of every split: the listed ones as listed, the others drawn from the unlisted images."""
+        images = self._images() if images is None else images
+        listed = self._listed(images)
+        taken = {n for names in listed.values() for n in names}
+        rest = sorted(n for n in images if n not in taken)
+        random.Random(self.seed).shuffle(rest)
+        out = dict(listed)
+        if "train" in listed:  # val and/or test share what no list names
+            if "val" not in listed and "test" not in listed:
+                share = self.val_ratio / (self.val_ratio + self.test_ratio) if self.test_ratio > 0 else 1.0
+                n_val = round(len(rest) * share)
+                out["val"], out["test"] = rest[:n_val], rest[n_val:]
+            elif "val" not in listed:
+                out["val"] = rest
+            elif "test" not in listed:
+                out["test"] = rest if self.test_ratio > 0 else []
+        else:  # ratios of the whole dataset to the missing evaluation splits, the rest of the unlisted to train
+            start = 0
+            for split, ratio in (("val", self.val_ratio), ("test", self.test_ratio)):
+                if split not in listed:
+                    n = round(len(images) * ratio)
+                    out[split], start = rest[start:start + n], start + n
+            out["train"] = rest[start:]
+        return {split: out[split] if split in listed else sorted(out[split]) for split in SPLITS}
 
     def samples(self, split: str) -> List[Sample]:
         images = self._images()
-        split_file = self.splits_dir / f"{split}.txt"
-        if split_file.is_file():
-            names = _read_split_list(split_file)
-            missing = [n for n in names if n not in images]
-            if missing:
-                raise DataError(f"{split_file} lists images not in {self.images_dir}: {missing[:5]}")
-        else:
-            names = sorted(images)
-            random.Random(self.seed).shuffle(names)
-            n_val, n_test = round(len(names) * self.val_ratio), round(len(names) * self.test_ratio)
-            names = {"val": names[:n_val], "test": names[n_val:n_val + n_test],
-                     "train": names[n_val + n_test:]}[split]
-            names.sort()
+        if split not in SPLITS:  # any other named list, e.g. splits/trainval.txt
+            split_file = self.splits_dir / f"{split}.txt"
+            if not split_file.is_file():
+                raise MissingSplitError(f"split list not found: {split_file}; splits are train, val, test or "
+                                        f"a NAME with {self.splits_dir}/NAME.txt")
+            names = self._listed_file(split_file, images)
+            return [(images[n], self.masks_dir / f"{n}{self.mask_suffix}") for n in names]
+        names = self.split_names(images)[split]
+        if not names and (self.splits_dir / f"{split}.txt").is_file():
+            _read_split_list(self.splits_dir / f"{split}.txt")  # raises: the list is empty
+        lists = [self.splits_dir / f"{s}.txt" for s in SPLITS if (self.splits_dir / f"{s}.txt").is_file()]
+        if not names and lists and (split != "test" or self.test_ratio > 0):
+            split_file = self.splits_dir / f"{split}.txt"
+            raise DataError(f"no images left for the {split} split: {split_file} does not exist and every image in "
+                            f"{self.images_dir} is listed in {', '.join(map(str, lists))} (or the ratio leaves none); "
+                            f"add {split_file} listing the {split} images, one name per line")
         return [(images[n], self.masks_dir / f"{n}{self.mask_suffix}") for n in names]
 
 
@@ -70,7 +134,16 @@ class VOCSource:
     def samples(self, split: str) -> List[Sample]:
         split_file = self.split_dir / f"{split}.txt"
         if not split_file.is_file():
-            raise DataError(f"VOC split list not found: {split_file}; set data.source.root to .../VOC2012")
+            hint = ("set data.source.root to the VOC2012 folder (holding JPEGImages/, SegmentationClass/ and "
+                    "ImageSets/Segmentation/)")
+            if self.split_dir.is_dir():
+                found = sorted(p.stem for p in self.split_dir.glob("*.txt"))
+                hint = f"{self.split_dir} has {', '.join(found) or 'no lists'}"
+            raise MissingSplitError(
+                f"VOC split list not found: {split_file}; {hint}. For a VOC-like export without split lists "
+                "(labelme's VOC export, for one) use data=folder data.source.root=DIR "
+                "data.source.images_dir=JPEGImages data.source.masks_dir=SegmentationClass data.num_classes=N "
+                "(val is then a seeded data.source.val_ratio split)")
         return [(self.root / "JPEGImages" / f"{n}.jpg", self.mask_dir / f"{n}.png")
                 for n in _read_split_list(split_file)]
 
@@ -92,7 +165,7 @@ class CityscapesSource:
     def samples(self, split: str) -> List[Sample]:
         image_dir = self.root / "leftImg8bit" / split
         if not image_dir.is_dir():
-            raise DataError(f"Cityscapes folder not found: {image_dir}; set data.source.root to the folder "
+            raise MissingSplitError(f"Cityscapes folder not found: {image_dir}; set data.source.root to the folder "
                             "holding leftImg8bit/ and gtFine/")
         out = []
         for img in sorted(image_dir.glob("*/*_leftImg8bit.png")):

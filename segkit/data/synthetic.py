@@ -7,12 +7,15 @@ It is written in the generic folder layout (images/, masks/, splits/) and read b
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -87,32 +90,63 @@ def render(rng: np.random.Generator, size: int, max_objects: int = 4, max_rotati
     return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
 
 
-def generate(root: Path, seed: int, size: int, num_train: int, num_val: int, num_test: int) -> None:
-    """Write the dataset atomically: a temporary folder renamed into place when complete."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (every rank of a torchrun/SLURM launch generates the same folder at
+    once; one writes it while the others wait). Without ``fcntl`` (Windows) the atomic rename alone decides."""
     try:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        (tmp / "splits").mkdir()
-        counts = {"train": num_train, "val": num_val, "test": num_test}
-        for split_index, (split, count) in enumerate(counts.items()):
-            rng = np.random.default_rng([seed, split_index])
-            names = []
-            for i in range(count):
-                image, mask = render(rng, size)
-                name = f"{split}_{i:05d}"
-                cv2.imwrite(str(tmp / "images" / f"{name}.png"), image[..., ::-1])
-                cv2.imwrite(str(tmp / "masks" / f"{name}.png"), mask)
-                names.append(name)
-            (tmp / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
-        (tmp / "classes.json").write_text(json.dumps({"class_names": CLASS_NAMES, "version": VERSION}))
-        os.replace(tmp, root)
-    except FileExistsError:  # another process finished first; theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _complete(root: Path) -> bool:
+    return (root / "classes.json").is_file()
+
+
+def generate(root: Path, seed: int, size: int, num_train: int, num_val: int, num_test: int) -> None:
+    """Write the dataset atomically: a temporary folder renamed into place when complete. Safe when several
+    processes generate the same ``root`` at once: the first writes it, the others find it complete."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root.parent / f".{root.name}.lock"):
+        if _complete(root):  # another process finished while this one waited
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
+        try:
+            (tmp / "images").mkdir()
+            (tmp / "masks").mkdir()
+            (tmp / "splits").mkdir()
+            counts = {"train": num_train, "val": num_val, "test": num_test}
+            for split_index, (split, count) in enumerate(counts.items()):
+                rng = np.random.default_rng([seed, split_index])
+                names = []
+                for i in range(count):
+                    image, mask = render(rng, size)
+                    name = f"{split}_{i:05d}"
+                    cv2.imwrite(str(tmp / "images" / f"{name}.png"), image[..., ::-1])
+                    cv2.imwrite(str(tmp / "masks" / f"{name}.png"), mask)
+                    names.append(name)
+                if names:  # no list for an empty split: it is then simply absent (num_test=0)
+                    (tmp / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+            (tmp / "classes.json").write_text(json.dumps({"class_names": CLASS_NAMES, "version": VERSION}))
+            try:
+                os.replace(tmp, root)
+            except OSError as exc:  # renaming onto a non-empty folder: ENOTEMPTY or EEXIST, by platform
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if not _complete(root):
+                    raise OSError(exc.errno, f"{root} exists but is not a complete dataset; remove it") from None
+                shutil.rmtree(tmp, ignore_errors=True)  # another process (without the lock) finished first
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 class SyntheticShapesSource(FolderSource):
@@ -121,7 +155,7 @@ class SyntheticShapesSource(FolderSource):
     def __init__(self, cache_dir: str, seed: int = 0, size: int = 48, num_train: int = 1000, num_val: int = 200,
                  num_test: int = 200) -> None:
         root = Path(cache_dir).expanduser() / f"shapes-v{VERSION}-seed{seed}-{size}px-{num_train}-{num_val}-{num_test}"
-        if not (root / "classes.json").is_file():
+        if not _complete(root):
             try:
                 generate(root, seed, size, num_train, num_val, num_test)
             except OSError as exc:
