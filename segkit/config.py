@@ -29,7 +29,6 @@ TARGET_RULES: Dict[str, Tuple[str, ...]] = {
                   "lightning.fabric.plugins.environments.ClusterEnvironment"),
 }
 # segkit functions that build objects for configs; mark new ones with @config_target instead of listing them here.
-LEGACY_FACTORIES = frozenset({"segkit.trainer.make_trainer"})  # until configs/trainer names lightning.Trainer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,7 +71,7 @@ def _refusal(name: str) -> Optional[str]:
         return f"cannot be imported ({type(exc).__name__}: {exc})"
     package = prefix.split(".")[0]
     if package == "segkit" and not isinstance(obj, type):
-        if name in LEGACY_FACTORIES or getattr(obj, "__segkit_config_target__", False):
+        if getattr(obj, "__segkit_config_target__", False):
             return None
         return "a segkit function not marked @config_target"
     if not isinstance(obj, type):

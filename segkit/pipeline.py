@@ -123,8 +123,9 @@ def load_task_from_checkpoint(ckpt_path: str, allowed=()) -> tuple[Any, DictConf
 
     ckpt = load_checkpoint(ckpt_path)
     cfg = OmegaConf.create(ckpt["segkit"]["config"])
-    # only what is instantiated here is checked: a training-time callback or logger target is never built again
-    check_targets(OmegaConf.create({"model": cfg.get("model"), "task": cfg.get("task")}), allowed,
+    # only what evaluate/predict/export rebuild is checked (model, task, data): a training-time callback or logger
+    # target is never built again
+    check_targets(OmegaConf.create({k: cfg.get(k) for k in ("model", "task", "data")}), allowed,
                   source=f"checkpoint {ckpt_path}")
     spec = ckpt["segkit"].get("spec")
     if spec is None:

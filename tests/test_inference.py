@@ -153,27 +153,25 @@ def test_gaussian_weight_and_bad_arguments():
 
 
 # ---- export --------------------------------------------------------------------------------------------------
-class _Task(nn.Module):
-    """Stands in for a trained SegmentationTask: net + mean/std in 0-255 units."""
+def _Task(net):
+    """A trained-model stand-in: a SegmentationTask with its data spec (the task's own normalisation is the
+    reference the exports are compared with)."""
+    from segkit.data.spec import DataSpec
+    from segkit.tasks import SegmentationTask
 
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
-        self.class_names = ["a", "b", "c"]
+    return SegmentationTask(net, DataSpec(3, class_names=["a", "b", "c"])).eval()
 
 
 @pytest.mark.parametrize("upsampler", ["bilinear", "conv_transpose"])
 def test_onnx_export_matches_pytorch(tmp_path, upsampler):
     ort = pytest.importorskip("onnxruntime")
-    from segkit.export import export_onnx, normalized_model
+    from segkit.export import export_onnx
 
     torch.manual_seed(0)
     task = _Task(DeepLabV3Plus("resnet18", 3, output_stride=16, upsampler=upsampler).eval())
     path = export_onnx(task, tmp_path / "m.onnx", example_size=64)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ref_model = normalized_model(task)
+    ref_model = task  # the task normalises uint8 batches itself
     for shape in [(1, 3, 96, 128), (2, 3, 64, 160)]:
         x = torch.randint(0, 256, shape, dtype=torch.uint8)
         with torch.no_grad():
@@ -184,13 +182,13 @@ def test_onnx_export_matches_pytorch(tmp_path, upsampler):
 
 
 def test_torchscript_and_safetensors_roundtrip(tmp_path):
-    from segkit.export import export_torchscript, load_safetensors, normalized_model, save_safetensors, write_sidecar
+    from segkit.export import export_torchscript, load_safetensors, save_safetensors, write_sidecar
 
     task = _Task(small_unet())
     ts = torch.jit.load(str(export_torchscript(task, tmp_path / "m.pt", example_size=64)))
     x = torch.randint(0, 256, (1, 3, 72, 88), dtype=torch.uint8)
     with torch.no_grad():
-        assert torch.allclose(ts(x), normalized_model(task)(x), atol=1e-4)
+        assert torch.allclose(ts(x), task(x), atol=1e-4)
     save_safetensors(task.net, tmp_path / "w.safetensors")
     fresh = UNet("unet", 3, upsampler="resize_conv", encoder_kwargs={"base_channels": 4, "depth": 3}).eval()
     load_safetensors(fresh, tmp_path / "w.safetensors")

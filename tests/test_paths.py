@@ -233,7 +233,7 @@ def test_sidecar_units_match_the_input_it_declares(trained, tmp_path):
 
 @pytest.mark.parametrize("node", ["model", "task", "task.loss"])
 def test_checkpoint_with_unsafe_model_or_task_target_is_refused(trained, tmp_path, node):
-    """What evaluate/predict/export instantiate from a checkpoint (model, task) is checked; nothing runs."""
+    """What evaluate/predict/export instantiate from a checkpoint (model, task, data) is checked; nothing runs."""
     from segkit.config import UnsafeConfigError
     from segkit.pipeline import load_task_from_checkpoint
 
