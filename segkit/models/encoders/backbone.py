@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -37,9 +38,8 @@ def dilate_units_(units: Sequence[nn.Module], reductions: Sequence[int], output_
 
     In the unit that loses its stride and all later ones, each strided conv gets stride 1 and every conv with a
     kernel > 1 the accumulated dilation, with "same" padding: torchvision's scheme for MobileNetV3 (``dilated=True``,
-    LR-ASPP), applied to every family. A patchify conv (kernel == stride, ConvNeXt's downsampling) keeps the previous
-    dilation — its taps were adjacent pixels — and pads right/bottom. A strided pooling layer cannot be dilated: the
-    error names the strides that work.
+    LR-ASPP), applied to every family. A :class:`PatchConv2d` (ConvNeXt's downsampling) keeps the previous dilation —
+    its taps were adjacent pixels. A strided pooling layer cannot be dilated: the error names the strides that work.
     """
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
@@ -62,14 +62,43 @@ def dilate_units_(units: Sequence[nn.Module], reductions: Sequence[int], output_
             m.stride = (1, 1)
             if k == 1:
                 continue
-            if strided > 1 and k == strided:
-                m.dilation, m.padding = (old, old), "same"
+            if isinstance(m, PatchConv2d):
+                m.dilation = (old, old)  # its taps were adjacent pixels; it pads itself
             elif k % 2 == 1 and m.padding == (m.dilation[0] * (k // 2),) * 2:
                 m.dilation, m.padding = (dilation, dilation), (dilation * (k // 2),) * 2
             else:
                 raise ValueError(f"cannot dilate conv {name} (kernel {k}, padding {m.padding}) for "
                                  f"output_stride={output_stride}; use output_stride >= {reduction}")
         previous = reduction
+
+
+class PatchConv2d(nn.Conv2d):
+    """A patchify conv (kernel == stride, no padding: ConvNeXt's stem and downsampling) that pads right/bottom so the
+    output is ``ceil(size / stride)``, as every strided-conv encoder gives, instead of dropping the last partial patch
+    (which no decoder can undo at odd sizes). Identical to ``nn.Conv2d`` where the size divides; also at stride 1
+    (after dilation) it keeps the size."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        pads = []
+        for n, k, s, d in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1], self.dilation[::-1]):
+            pads += [0, (-(-n // s) - 1) * s + d * (k - 1) + 1 - n]
+        return F.conv2d(F.pad(x, pads), weight, bias, self.stride, 0, self.dilation, self.groups)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "PatchConv2d":
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation, conv.groups,
+                  conv.bias is not None)
+        new.weight, new.bias = conv.weight, conv.bias
+        return new
+
+
+def use_patch_convs_(module: nn.Module) -> None:
+    """Replace every patchify ``nn.Conv2d`` (kernel == stride > 1, no padding) by a :class:`PatchConv2d`, in place."""
+    for name, m in list(module.named_modules()):
+        if (type(m) is nn.Conv2d and m.kernel_size == m.stride and m.stride != (1, 1)
+                and m.padding == (0, 0)):
+            parent, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent), attr, PatchConv2d.from_conv(m))
 
 
 def _stride(m: nn.Module) -> int:
@@ -102,6 +131,7 @@ class TorchvisionEncoder(nn.Module):
         for attr in names:
             setattr(self, attr, getattr(net, attr))
         load_weights_(self, name, resolve_weights(encoder_weights, pretrained), in_channels)
+        use_patch_convs_(self)
         units = [u for attr in names for u in _children(getattr(self, attr))]
         channels, reductions = self._probe(units, in_channels)
         if out_indices is None:
