@@ -227,3 +227,14 @@ def test_missing_timm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(ImportError, match=r"pip install 'segkit\[timm\]'"):
         build_encoder(TIMM_TINY)
+
+
+def test_encoder_table_script_runs():
+    import subprocess
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    done = subprocess.run([sys.executable, "encoders.py", "--encoders", "mobilenet_v3_small", "unet", "--size", "64",
+                           "--repeats", "1", "--markdown"], cwd=benchmarks, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| `mobilenet_v3_small` | 0.9 | 16, 16, 24, 48, 576 | 8, 16, 32 |" in done.stdout, done.stdout

@@ -58,7 +58,7 @@ def dilate_units_(units: Sequence[nn.Module], reductions: Sequence[int], output_
         for name, m in unit.named_modules():
             if not isinstance(m, nn.Conv2d):
                 continue
-            k, strided = m.kernel_size[0], _stride(m)
+            k = m.kernel_size[0]
             m.stride = (1, 1)
             if k == 1:
                 continue
