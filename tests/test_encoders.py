@@ -223,6 +223,18 @@ def test_timm_unsupported_stride_is_clear():
         build_encoder("timm:test_vit", 3, 8)
 
 
+@needs_timm
+def test_timm_download_failure_says_what_to_do(monkeypatch):
+    from timm.models import _builder
+
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(_builder, "load_pretrained", offline)
+    with pytest.raises(RuntimeError, match=r"test_efficientnet.*Hugging Face cache.*encoder_weights=null"):
+        build_encoder(TIMM_TINY, encoder_weights="DEFAULT")
+
+
 def test_missing_timm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(ImportError, match=r"pip install 'segkit\[timm\]'"):

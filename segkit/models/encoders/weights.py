@@ -91,7 +91,8 @@ def load_encoder_state(module: nn.Module, state: Dict[str, torch.Tensor], source
     own = module.state_dict()
     prefix = max(prefixes, key=lambda p: sum(p + k in state for k in own))
     picked = {k: state[prefix + k] for k in own if prefix + k in state}
-    missing = [k for k in own if k not in picked]
+    # BatchNorm's num_batches_tracked is absent from older torchvision files (e.g. resnet18-f37072fd.pth)
+    missing = [k for k in own if k not in picked and not k.endswith("num_batches_tracked")]
     if missing:
         raise ValueError(f"encoder_weights {source}: {len(missing)} of the encoder's {len(own)} tensors are missing "
                          f"(e.g. {missing[:3]}); is it a state dict of the same backbone?")
@@ -99,7 +100,7 @@ def load_encoder_state(module: nn.Module, state: Dict[str, torch.Tensor], source
              if picked[k].shape != v.shape]
     if wrong:
         raise ValueError(f"encoder_weights {source}: shapes differ from the encoder's (file vs model): {wrong[:3]}")
-    module.load_state_dict(picked)
+    module.load_state_dict(picked, strict=False)
 
 
 def first_conv(module: nn.Module) -> str:
