@@ -20,6 +20,9 @@ from segkit.models.encoders.weights import WeightsSpec
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {name: partial(ResNetEncoder, name) for name in RESNETS}
 ENCODERS["unet"] = UNetEncoder
+# torchvision families the tests cover, by the torchvision module that builds them (ResNets: ResNetEncoder).
+# TorchvisionEncoder itself reads any `features` net (VGG, DenseNet ...): pass it as a module to use one of those.
+TORCHVISION_FAMILIES = ("mobilenetv2", "mobilenetv3", "efficientnet", "convnext", "regnet")
 
 
 def encoder_builder(name: str) -> Callable[..., nn.Module]:
@@ -31,7 +34,9 @@ def encoder_builder(name: str) -> Callable[..., nn.Module]:
     if is_torchvision_resnet(name):
         return partial(ResNetEncoder, name)
     if name in torchvision.models.list_models(module=torchvision.models):
-        return partial(TorchvisionEncoder, name)
+        family = torchvision.models.get_model_builder(name).__module__.rsplit(".", 1)[-1]
+        if family in TORCHVISION_FAMILIES:
+            return partial(TorchvisionEncoder, name)
     raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}, a torchvision backbone "
                      "(resnet152, resnext50_32x4d, wide_resnet50_2, mobilenet_v2, mobilenet_v3_small/large, "
                      "efficientnet_b0..b7, efficientnet_v2_s/m/l, convnext_tiny/small/base/large, regnet_x_400mf ...: "
@@ -65,5 +70,5 @@ def build_encoder(encoder: Union[str, nn.Module], in_channels: int = 3, output_s
         raise TypeError(f"encoder {encoder!r}: {exc}") from None
 
 
-__all__ = ["ENCODERS", "ResNetEncoder", "TimmEncoder", "TorchvisionEncoder", "UNetEncoder", "build_encoder",
+__all__ = ["ENCODERS", "TORCHVISION_FAMILIES", "ResNetEncoder", "TimmEncoder", "TorchvisionEncoder", "UNetEncoder", "build_encoder",
            "dilate_resnet_", "dilate_units_", "encoder_builder"]
