@@ -11,7 +11,10 @@ from segkit.analysis import ShapeError
 from segkit.models import ARCHITECTURES, LRASPP, UNetPlusPlus
 
 SMALL_UNET = {"base_channels": 8, "depth": 5}
-ENCODERS = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "unet",
+# the smallest variant of each family; the two costliest rows are marked slow (they still run in CI)
+ENCODERS = ["resnet18", "mobilenet_v3_small", "unet",
+            pytest.param("efficientnet_b0", marks=pytest.mark.slow),
+            pytest.param("regnet_x_400mf", marks=pytest.mark.slow),
             pytest.param("timm:test_efficientnet", marks=pytest.mark.skipif(
                 importlib.util.find_spec("timm") is None, reason="timm not installed"))]
 NEW = ["unetplusplus", "lraspp", "fpn", "pspnet"]
@@ -50,10 +53,12 @@ def test_convnext(arch):
     forward_backward(build(arch, "convnext_tiny"), torch.randn(2, 3, 65, 67))
 
 
-@pytest.mark.parametrize("arch,upsampler", itertools.product(NEW, UPSAMPLERS))
+@pytest.mark.parametrize("arch,upsampler", itertools.product(NEW, [u for u in UPSAMPLERS if u != "bilinear"]))
 def test_upsamplers(arch, upsampler):
-    torch.manual_seed(0)
-    forward_backward(build(arch, "mobilenet_v3_small", upsampler=upsampler), torch.randn(2, 3, 33, 35))
+    # bilinear (the default) runs in the grid above with a backward pass; here the output size at an odd input
+    net = build(arch, "mobilenet_v3_small", upsampler=upsampler).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 33, 35)).shape == (1, 3, 33, 35)
 
 
 @pytest.mark.parametrize("arch", NEW)
