@@ -11,10 +11,8 @@ from segkit.analysis import ShapeError
 from segkit.models import ARCHITECTURES, LRASPP, UNetPlusPlus
 
 SMALL_UNET = {"base_channels": 8, "depth": 5}
-# the smallest variant of each family; the two costliest rows are marked slow (they still run in CI)
-ENCODERS = ["resnet18", "mobilenet_v3_small", "unet",
-            pytest.param("efficientnet_b0", marks=pytest.mark.slow),
-            pytest.param("regnet_x_400mf", marks=pytest.mark.slow),
+# the smallest variant of each family (ConvNeXt, the heaviest, separately below)
+ENCODERS = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "unet",
             pytest.param("timm:test_efficientnet", marks=pytest.mark.skipif(
                 importlib.util.find_spec("timm") is None, reason="timm not installed"))]
 NEW = ["unetplusplus", "lraspp", "fpn", "pspnet"]
