@@ -142,7 +142,7 @@ def test_pretrained_weights_fail_clearly_offline(monkeypatch, tmp_path):
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match=r"resnet18.*pretrained=false.*checkpoints"):
+    with pytest.raises(RuntimeError, match=r"resnet18.*checkpoints.*encoder_weights=null"):
         ResNetEncoder("resnet18", pretrained=True)
 
 

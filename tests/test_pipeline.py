@@ -17,14 +17,16 @@ GROUPS = {g: sorted(p.stem for p in (Path(CONFIG_DIR) / g).glob("*.yaml"))
                     "callbacks", "logger", "data/augment", "experiment"]}
 SMALL_MODEL = {"unet": ["++model.encoder_kwargs={base_channels:4,depth:3}"],
                "unet_small": ["++model.encoder_kwargs={base_channels:4,depth:3}"],
-               "deeplabv3": ["model.encoder=resnet18"], "deeplabv3plus": ["model.encoder=resnet18"]}
+               "deeplabv3": ["model.encoder=resnet18"], "deeplabv3plus": ["model.encoder=resnet18"],
+               "unetplusplus": ["model.encoder=resnet18"], "fpn": ["model.encoder=resnet18"],
+               "pspnet": ["model.encoder=resnet18"], "lraspp": ["model.encoder=mobilenet_v3_small"]}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_config_option_composes_and_instantiates(group, option, tmp_path):
     extra = SMALL_MODEL.get(option, []) if group == "model" else []
     if group == "experiment":  # presets: compose, then build their data module and (randomly initialised) model
-        cfg = compose_cfg("train", [f"experiment={option}", "model.pretrained=false"], tmp_path)
+        cfg = compose_cfg("train", [f"experiment={option}", "model.encoder_weights=null"], tmp_path)
         dm = instantiate(cfg.data)
         net = instantiate(cfg.model).eval()
         with torch.no_grad():
@@ -70,7 +72,7 @@ def test_every_config_option_composes_and_instantiates(group, option, tmp_path):
         assert obj.num_classes == cfg.data.num_classes
 
 
-@pytest.mark.parametrize("model", ["unet_small", "unet", "deeplabv3", "deeplabv3plus"])
+@pytest.mark.parametrize("model", sorted(SMALL_MODEL))
 def test_fast_dev_run_each_model(model, tmp_path, shared_data_dir):
     cfg = compose_cfg("train", [f"model={model}", *SMALL_MODEL[model], *TINY_DATA, "+trainer.fast_dev_run=true",
                                 "logger=csv"], tmp_path, shared_data_dir)

@@ -1,4 +1,5 @@
-"""U-Net, DeepLabV3 and DeepLabV3+: thin wiring of an encoder, a decoder and an upsampler into a Segmenter."""
+"""U-Net, UNet++, DeepLabV3, DeepLabV3+, LR-ASPP, FPN and PSPNet: thin wiring of an encoder, a decoder and an
+upsampler into a Segmenter."""
 from __future__ import annotations
 
 import re
@@ -7,8 +8,17 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from segkit.models.decoders import DeepLabV3Decoder, DeepLabV3PlusDecoder, UNetDecoder
+from segkit.models.decoders import (
+    DeepLabV3Decoder,
+    DeepLabV3PlusDecoder,
+    FPNDecoder,
+    LRASPPDecoder,
+    PSPDecoder,
+    UNetDecoder,
+    UNetPlusPlusDecoder,
+)
 from segkit.models.encoders import build_encoder
+from segkit.models.encoders.weights import WeightsSpec
 from segkit.models.layers.upsample import UpsamplerSpec, upsampler_factory
 from segkit.models.segmenter import FCNHead, Segmenter
 
@@ -17,13 +27,16 @@ Encoder = Union[str, nn.Module]
 
 class UNet(Segmenter):
     """U-Net with skip connections at every encoder stage; works with ``encoder="unet"`` (plain, from scratch)
-    and with ResNets. The upsampler is selectable (default: learnable ``ConvTranspose2d``)."""
+    and with any torchvision/timm encoder. The upsampler is selectable (default: learnable ``ConvTranspose2d``).
+
+    ``encoder_weights`` (every architecture): ``None``, a local state dict file, or a weights name (``"DEFAULT"``).
+    """
 
     def __init__(self, encoder: Encoder = "unet", num_classes: int = 2, in_channels: int = 3,
                  output_stride: Optional[int] = None, upsampler: UpsamplerSpec = "conv_transpose",
-                 decoder_channels: Optional[Sequence[int]] = None, pretrained: bool = False,
+                 decoder_channels: Optional[Sequence[int]] = None, encoder_weights: WeightsSpec = None,
                  encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
-        enc = build_encoder(encoder, in_channels, output_stride, pretrained, **(encoder_kwargs or {}))
+        enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
         dec = UNetDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), decoder_channels)
         super().__init__(enc, dec, num_classes)
 
@@ -35,9 +48,9 @@ class DeepLabV3(Segmenter):
     def __init__(self, encoder: Encoder = "resnet50", num_classes: int = 21, in_channels: int = 3,
                  output_stride: int = 8, upsampler: UpsamplerSpec = "bilinear", aux_head: bool = False,
                  rates: Optional[Sequence[int]] = None, aspp_channels: int = 256, separable: bool = False,
-                 aspp_dropout: float = 0.5, pretrained: bool = False,
+                 aspp_dropout: float = 0.5, encoder_weights: WeightsSpec = None,
                  encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
-        enc = build_encoder(encoder, in_channels, output_stride, pretrained, **(encoder_kwargs or {}))
+        enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
         dec = DeepLabV3Decoder(enc.out_channels, enc.reductions, aspp_channels, rates, separable, aspp_dropout)
         up = upsampler_factory(upsampler)(num_classes, num_classes, dec.out_reduction)
         aux = FCNHead(enc.out_channels[-2], num_classes) if aux_head else None
@@ -96,10 +109,89 @@ class DeepLabV3Plus(Segmenter):
     def __init__(self, encoder: Encoder = "resnet50", num_classes: int = 21, in_channels: int = 3,
                  output_stride: int = 16, upsampler: UpsamplerSpec = "bilinear", aux_head: bool = False,
                  rates: Optional[Sequence[int]] = None, aspp_channels: int = 256, low_level_channels: int = 48,
-                 separable: bool = False, aspp_dropout: float = 0.5, pretrained: bool = False,
+                 separable: bool = False, aspp_dropout: float = 0.5, encoder_weights: WeightsSpec = None,
                  encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
-        enc = build_encoder(encoder, in_channels, output_stride, pretrained, **(encoder_kwargs or {}))
+        enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
         dec = DeepLabV3PlusDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), aspp_channels,
                                    low_level_channels, rates=rates, separable=separable, dropout=aspp_dropout)
         aux = FCNHead(enc.out_channels[-2], num_classes) if aux_head else None
         super().__init__(enc, dec, num_classes, aux_head=aux)
+
+
+class UNetPlusPlus(Segmenter):
+    """UNet++: U-Net with nested, dense skip pathways; ``deep_supervision=True`` classifies the concatenated top-row
+    nodes (the sum of one classifier per node). The decoder's upsampler is selectable (default bilinear)."""
+
+    def __init__(self, encoder: Encoder = "resnet34", num_classes: int = 2, in_channels: int = 3,
+                 output_stride: Optional[int] = None, upsampler: UpsamplerSpec = "bilinear",
+                 decoder_channels: Optional[Sequence[int]] = None, deep_supervision: bool = False,
+                 encoder_weights: WeightsSpec = None, encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
+        dec = UNetPlusPlusDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), decoder_channels,
+                                  deep_supervision)
+        super().__init__(enc, dec, num_classes)
+
+
+class LRASPP(Segmenter):
+    """LR-ASPP (MobileNetV3 paper): a gated 1x1 branch on the deepest feature (output stride 16 by default),
+    upsampled by ``upsampler`` to the stride-8 feature, one 1x1 classifier on both; logits resized bilinearly."""
+
+    def __init__(self, encoder: Encoder = "mobilenet_v3_large", num_classes: int = 21, in_channels: int = 3,
+                 output_stride: Optional[int] = 16, upsampler: UpsamplerSpec = "bilinear", inter_channels: int = 128,
+                 low_reduction: int = 8, encoder_weights: WeightsSpec = None,
+                 encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
+        dec = LRASPPDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), inter_channels,
+                            low_reduction)
+        super().__init__(enc, dec, num_classes)
+
+    @classmethod
+    def from_torchvision(cls, tv_model: nn.Module) -> "LRASPP":
+        """The equivalent segkit model, weights included, from torchvision's ``lraspp_mobilenet_v3_large``.
+
+        torchvision taps the stride-8 feature after the *first* block of that stage (``return_layers``); the segkit
+        model uses the same taps through ``encoder_kwargs={"out_indices": ...}``.
+        """
+        backbone, head = tv_model.backbone, tv_model.classifier
+        taps = sorted(int(k) for k in getattr(backbone, "return_layers", {}))
+        if len(taps) != 2 or not hasattr(head, "low_classifier"):
+            raise ValueError("from_torchvision supports torchvision's lraspp_mobilenet_v3_large")
+        num_classes = head.low_classifier.out_channels
+        model = cls("mobilenet_v3_large", num_classes, output_stride=16,
+                    inter_channels=head.cbr[0].out_channels, encoder_kwargs={"out_indices": taps})
+        state = {f"encoder.features.{k}": v for k, v in backbone.state_dict().items()}
+        state.update({f"decoder.{k}": v for k, v in head.state_dict().items() if k.startswith(("cbr.", "scale."))})
+        state["head.weight"] = torch.cat([head.low_classifier.weight, head.high_classifier.weight], dim=1)
+        state["head.bias"] = head.low_classifier.bias + head.high_classifier.bias
+        model.load_state_dict(state)
+        return model
+
+
+class FPN(Segmenter):
+    """FPN semantic head (Panoptic FPN): a feature pyramid from the deepest four encoder features, per-level
+    conv + upsampler branches summed at stride 4; logits resized bilinearly."""
+
+    def __init__(self, encoder: Encoder = "resnet34", num_classes: int = 2, in_channels: int = 3,
+                 output_stride: Optional[int] = None, upsampler: UpsamplerSpec = "bilinear",
+                 pyramid_channels: int = 256, segmentation_channels: int = 128, merge: str = "add",
+                 dropout: float = 0.2, encoder_weights: WeightsSpec = None,
+                 encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
+        dec = FPNDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), pyramid_channels,
+                         segmentation_channels, merge=merge, dropout=dropout)
+        super().__init__(enc, dec, num_classes)
+
+
+class PSPNet(Segmenter):
+    """PSPNet: dilated encoder (output stride 8 by default, as the paper), pyramid pooling over 1/2/3/6 bins, optional
+    FCN aux head on the second-deepest feature. Logits reach the input size by ``upsampler`` (default bilinear)."""
+
+    def __init__(self, encoder: Encoder = "resnet50", num_classes: int = 21, in_channels: int = 3,
+                 output_stride: Optional[int] = 8, upsampler: UpsamplerSpec = "bilinear", aux_head: bool = False,
+                 bins: Sequence[int] = (1, 2, 3, 6), channels: int = 512, dropout: float = 0.1,
+                 encoder_weights: WeightsSpec = None, encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
+        dec = PSPDecoder(enc.out_channels, enc.reductions, channels, bins, dropout)
+        up = upsampler_factory(upsampler)(num_classes, num_classes, dec.out_reduction)
+        aux = FCNHead(enc.out_channels[-2], num_classes) if aux_head else None
+        super().__init__(enc, dec, num_classes, aux_head=aux, logits_upsampler=up)

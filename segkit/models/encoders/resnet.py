@@ -1,16 +1,25 @@
-"""torchvision ResNets as segmentation encoders, with output stride 8/16/32 by dilation (DeepLab)."""
+"""torchvision ResNets (ResNet, ResNeXt, Wide ResNet) as segmentation encoders, output stride 8/16/32 by dilation."""
 from __future__ import annotations
 
-import socket
 from typing import List
 
 import torch
 import torchvision
 from torch import nn
 
+from segkit.models.encoders.weights import WeightsSpec, load_weights_, resolve_weights
+
 # Which of layer2/3/4 trade their stride for dilation at each output stride (torchvision's convention).
 _DILATE = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")  # the short names in ENCODERS
+
+
+def is_torchvision_resnet(name: str) -> bool:
+    """Whether torchvision builds ``name`` with its ResNet class (ResNet, ResNeXt and Wide ResNet variants)."""
+    try:
+        return torchvision.models.get_model_builder(name).__module__ == torchvision.models.resnet.__name__
+    except ValueError:
+        return False
 
 
 def dilate_resnet_(net: torchvision.models.ResNet, output_stride: int) -> None:
@@ -37,61 +46,31 @@ def dilate_resnet_(net: torchvision.models.ResNet, output_stride: int) -> None:
                     conv.dilation, conv.padding = (d, d), (d, d)
 
 
-def _load_pretrained(name: str) -> dict:
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(20)
-    try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:  # URLError, timeouts, hash mismatch: all mean "no weights here"
-        filename = weights.url.rsplit("/", 1)[-1]
-        raise RuntimeError(
-            f"could not load ImageNet weights for {name} ({type(exc).__name__}: {exc}). segkit needs the network "
-            f"only for this: set model.pretrained=false to train from scratch, or copy {filename} into "
-            f"{torch.hub.get_dir()}/checkpoints/ on this machine."
-        ) from None
-    finally:
-        socket.setdefaulttimeout(old_timeout)
-
-
-def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """A new stem conv for ``in_channels`` inputs; pretrained RGB filters are averaged or tiled and rescaled."""
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
-    with torch.no_grad():
-        rgb = conv.weight
-        if in_channels < 3:
-            new.weight.copy_(rgb.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) * 3 / in_channels)
-        else:
-            idx = torch.arange(in_channels) % 3
-            new.weight.copy_(rgb[:, idx] * 3 / in_channels)
-    return new
-
-
 class ResNetEncoder(nn.Module):
-    """ResNet-18/34/50/101 returning the stem (stride 2) and layer1-4 features.
+    """A torchvision ResNet (``resnet18`` ... ``resnet152``, ``resnext50_32x4d``, ``wide_resnet50_2`` ...) returning
+    the stem (stride 2) and layer1-4 features.
 
     Module names follow torchvision (``conv1``, ``bn1``, ``layer1`` ...), so torchvision state dicts load as-is.
-    ``out_channels`` and ``reductions`` declare the five feature maps.
+    ``out_channels`` and ``reductions`` declare the five feature maps. ``encoder_weights``: a file path, a torchvision
+    weights name (``"DEFAULT"``, ``"IMAGENET1K_V2"``) or ``None``; ``pretrained=True`` means ``"DEFAULT"``.
     """
 
     def __init__(self, name: str = "resnet50", in_channels: int = 3, output_stride: int = 32,
-                 pretrained: bool = False) -> None:
+                 encoder_weights: WeightsSpec = None, pretrained: bool = False) -> None:
         super().__init__()
-        if name not in RESNETS:
-            raise ValueError(f"unknown ResNet {name!r}; choose one of {RESNETS}")
+        if not is_torchvision_resnet(name):
+            raise ValueError(f"{name!r} is not a torchvision ResNet (resnet18 ... resnet152, resnext*, wide_resnet*)")
         net = getattr(torchvision.models, name)(weights=None)
-        if pretrained:
-            net.load_state_dict(_load_pretrained(name))
-        dilate_resnet_(net, output_stride)
-        if in_channels != 3:
-            net.conv1 = _adapt_first_conv(net.conv1, in_channels)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        expansion = 4 if name in ("resnet50", "resnet101") else 1
+        load_weights_(self, name, resolve_weights(encoder_weights, pretrained), in_channels)
+        dilate_resnet_(self, output_stride)  # type: ignore[arg-type]  # has layer2-4 like a ResNet
         self.name = name
         self.in_channels = in_channels
         self.output_stride = output_stride
-        self.out_channels: List[int] = [64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+        layers = (self.layer1, self.layer2, self.layer3, self.layer4)
+        self.out_channels: List[int] = [self.bn1.num_features] + [
+            [m.num_features for m in layer[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1] for layer in layers]
         self.reductions: List[int] = [2, 4, min(8, output_stride), min(16, output_stride), output_stride]
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
