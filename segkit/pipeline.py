@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -15,6 +17,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.config import check_targets, load_checkpoint, to_plain
+
+
+class _DropTips(logging.Filter):
+    """Lightning advertises a cloud logger on every run; the console should only speak about the user's run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+# torch 2.14 deprecates an isinstance check that Lightning 2.6 still makes on every batch transfer.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
