@@ -8,8 +8,9 @@ decay (power 0.9, per step), batch 8, horizontal flip only, ``--epochs`` epochs,
 Rows (``--runs``):
 
 - ``segkit``: ``scripts/train.py data=folder model=unet model.encoder=resnet18 ...`` in a subprocess: the whole
-  pipeline (data loading, Lightning, validation every epoch, checkpoints); mIoU of its best checkpoint, as
-  metrics.json reports it; the time is the subprocess's wall time.
+  pipeline (data loading, Lightning, validation, checkpoints) with the data config's own choices (``auto``
+  normalisation and channels, the default loss) and no crop; mIoU of its best checkpoint, as metrics.json reports
+  it; the time is the subprocess's wall time.
 - ``smp``: ``segmentation_models_pytorch.Unet("resnet18", encoder_weights=None)`` in a plain loop: images decoded
   once into memory, normalised by their measured mean/std, padded to a multiple of 32, CE loss.
 - ``segkit-net``: segkit's ``UNet(encoder="resnet18")`` in the same plain loop, to separate network from pipeline.
@@ -164,7 +165,7 @@ def segkit_pipeline(root: Path, info: Dict, epochs: int, batch_size: int, lr: fl
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "data=folder", f"data.source.root={root}",
            f"data.num_classes={info['num_classes']}", f"data.class_names=[{names}]", "model=unet",
            "model.encoder=resnet18", "model.pretrained=false", f"trainer.max_epochs={epochs}",
-           f"data.batch_size={batch_size}", "data/augment=none",
+           f"data.batch_size={batch_size}", "data.crop_size=null", "data/augment=none",
            "data.train_transform.transforms=[{_target_:albumentations.HorizontalFlip}]",
            "task/optimizer=adamw", f"task.optimizer.lr={lr}", "task/scheduler=poly", f"seed={seed}",
            f"hydra.run.dir={run_dir}", *extra]

@@ -7,8 +7,8 @@ class frequencies decide whether the loss needs help with rare classes, and the 
     for line in resolve_auto(cfg, stats):
         log.info(line)          # "data.crop_size=224: chose ... because ..."
 
-Only keys whose value is the string ``"auto"`` are touched; a value the user set always wins. A key left as
-``auto`` that no rule knows is an error naming it.
+Only the keys listed in :func:`resolve_auto` whose value is the string ``"auto"`` are touched; a value the user set
+always wins, and other ``auto`` values (``trainer.channels_last``) keep their own meaning.
 """
 from __future__ import annotations
 
@@ -183,6 +183,16 @@ def auto_keys(cfg: Any, prefix: str = "") -> List[str]:
     return keys
 
 
+DATA_KEYS = ("data.in_channels", "data.mean", "data.std", "data.crop_size", "data.batch_size")
+
+
+def planned_keys(cfg: DictConfig) -> List[str]:
+    """The ``auto`` keys that :func:`resolve_auto` decides; other ``auto`` values (``trainer.channels_last``,
+    ``data.cache``) keep their own meaning and are left alone."""
+    return [k for k in auto_keys(cfg) if k in DATA_KEYS
+            or (k.startswith("task.loss.") and (k.endswith(".weights.dice") or k.endswith(".class_weights")))]
+
+
 def crop_size_for(stats: DatasetStats, multiple: int = 32, largest: int = MAX_CROP) -> int:
     """The median image's longer side rounded up to ``multiple`` (whole images fit), at most ``largest``."""
     h, w = stats.median_size()
@@ -239,7 +249,7 @@ def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
       - ``*.class_weights``: median-frequency weights when a class is rare, else null.
     """
     lines: List[str] = []
-    pending = auto_keys(cfg)
+    pending = planned_keys(cfg)
     rare = stats.rare_classes()
     freq = stats.class_frequency
     names = list(cfg.data.get("class_names") or []) if "data" in cfg else []
@@ -287,22 +297,18 @@ def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
             put(key, class_weights_for(stats), f"rare classes ({rare_text}): median-frequency weights")
         else:
             put(key, None, f"no class under {100 * RARE_CLASS_FREQUENCY:.0f}% of the training pixels")
-    left = [k for k in auto_keys(cfg)]
-    if left:
-        raise ValueError(f"config keys {left} are 'auto' but no rule in segkit.data.plan resolves them; set them "
-                         "to a value")
     return lines
 
 
 def plan_from_config(cfg: DictConfig, source: Any) -> List[str]:
     """Measure the training split of ``source`` when ``cfg`` has ``auto`` keys, resolve them, return the log lines
     (none, and nothing read, when there is nothing to resolve)."""
-    if not auto_keys(cfg):
+    if not planned_keys(cfg):
         return []
     data = cfg.data
     stats = measure(source, "train", int(data.num_classes), data.get("ignore_index"))
     return resolve_auto(cfg, stats)
 
 
-__all__ = ["AUTO", "DatasetStats", "auto_keys", "batch_size_for", "class_weights_for", "crop_size_for", "measure",
-           "plan_from_config", "read_native", "resolve_auto"]
+__all__ = ["AUTO", "DATA_KEYS", "DatasetStats", "auto_keys", "batch_size_for", "class_weights_for", "crop_size_for",
+           "measure", "plan_from_config", "planned_keys", "read_native", "resolve_auto"]
