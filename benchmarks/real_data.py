@@ -46,11 +46,16 @@ RUNS = ("segkit", "smp", "segkit-net")
 
 
 def dataset_info(root: Path) -> Dict:
-    meta = root / "dataset.json"
-    if not meta.is_file():
-        raise SystemExit(f"{meta} not found; build the datasets first: python scripts/build_real_datasets.py "
-                         f"--out {root.parent}")
-    return json.loads(meta.read_text())
+    """Class names and split sizes: ``dataset.json`` (scripts/build_real_datasets.py) or ``classes.json`` (the
+    synthetic presets' caches)."""
+    for meta in (root / "dataset.json", root / "classes.json"):
+        if meta.is_file():
+            info = json.loads(meta.read_text())
+            info.setdefault("num_classes", len(info["class_names"]))
+            info.setdefault("num_images", {s: len(FolderSource(str(root)).samples(s)) for s in ("train", "val")})
+            return info
+    raise SystemExit(f"{root / 'dataset.json'} not found; build the datasets first: python "
+                     f"scripts/build_real_datasets.py --out {root.parent}")
 
 
 def load_split(root: Path, split: str, mean: Sequence[float], std: Sequence[float]):
