@@ -148,6 +148,8 @@ def plain_loop(make_net: Callable[[int, int], torch.nn.Module], root: Path, info
             last = iou_summary(confusion(net, *val, num_classes, ignore_index), info["class_names"])
             if best is None or last["mIoU"] > best["mIoU"]:
                 best = last
+            print(f"  epoch {epoch + 1}/{epochs}: loss {value.item():.4f}, val mIoU {last['mIoU']:.4f}, "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
     return {**best, "last_mIoU": last["mIoU"], "seconds": time.perf_counter() - start}
 
 
