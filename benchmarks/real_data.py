@@ -65,7 +65,7 @@ def load_split(root: Path, split: str, mean: Sequence[float], std: Sequence[floa
     s = torch.tensor(std, dtype=torch.float32)[:, None, None]
     for image_path, mask_path in FolderSource(str(root)).samples(split):
         arr = read_native(image_path)
-        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+        x = torch.tensor(arr.transpose(2, 0, 1), dtype=torch.float32)  # a copy: PIL arrays are read-only
         if arr.dtype == np.uint8:
             x = x / 255.0
         images.append((x - m) / s)
