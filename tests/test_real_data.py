@@ -64,7 +64,9 @@ def test_measure_matches_numpy_on_rgb_images_of_mixed_sizes(tmp_path):
     labels = np.concatenate([m.ravel() for m in masks[:-1]])
     assert stats.class_pixels == np.bincount(labels[labels != 255], minlength=3).tolist()
     assert stats.ignored_pixels == int((labels == 255).sum())
-    assert (stats.num_images, stats.channels, stats.bit_depth) == (3, 3, 8)
+    assert (stats.num_images, stats.num_measured, stats.channels, stats.bit_depth) == (3, 3, 3, 8)
+    subset = measure(FolderSource(str(tmp_path)), "train", num_classes=3, max_images=2)
+    assert (subset.num_images, subset.num_measured, len(subset.heights)) == (3, 2, 2)
     assert sorted(zip(stats.heights, stats.widths)) == sorted(shapes[:-1])
     assert stats.photographic and not stats.grey_as_rgb
 

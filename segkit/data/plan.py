@@ -60,9 +60,12 @@ def read_native(path: Path) -> np.ndarray:
 
 @dataclass
 class DatasetStats:
-    """What :func:`measure` found on one split. ``mean``/``std`` are per channel in 0-1 units (population std)."""
+    """What :func:`measure` found on one split. ``mean``/``std`` are per channel in 0-1 units (population std);
+    sizes, statistics and class pixels are those of the ``num_measured`` images read (all ``num_images`` unless
+    ``max_images`` was given)."""
 
     num_images: int
+    num_measured: int
     channels: int
     bit_depth: int  # 8 (uint8 files) or 32 (read as float: 16-bit and float files)
     heights: List[int]
@@ -107,6 +110,7 @@ def measure(source: Any, split: str = "train", num_classes: int = 0, ignore_inde
     samples = list(source.samples(split))
     if not samples:
         raise DataError(f"the {split} split of {getattr(source, 'root', source)} has no images")
+    num_images = len(samples)
     if max_images and len(samples) > max_images:
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_images).round().astype(int)]
     lut = label_lookup(getattr(source, "label_map", None), ignore_index if ignore_index is not None else 255)
@@ -155,7 +159,7 @@ def measure(source: Any, split: str = "train", num_classes: int = 0, ignore_inde
     grey = channels == 3 and chroma / (2 * count) < GREY_TOLERANCE
     luma_mean = luma_sum / count if channels == 3 else None
     luma_std = math.sqrt(max(luma_sq / count - luma_mean ** 2, 0.0)) if luma_mean is not None else None
-    return DatasetStats(num_images=len(samples), channels=int(channels), bit_depth=int(bit_depth),
+    return DatasetStats(num_images=num_images, num_measured=len(samples), channels=int(channels), bit_depth=int(bit_depth),
                         heights=heights, widths=widths, mean=mean.tolist(), std=std.tolist(),
                         class_pixels=class_pixels.tolist() if num_classes else [], ignored_pixels=ignored,
                         grey_as_rgb=bool(grey), luma_mean=luma_mean, luma_std=luma_std, split=split)
@@ -300,13 +304,15 @@ def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
     return lines
 
 
-def plan_from_config(cfg: DictConfig, source: Any) -> List[str]:
-    """Measure the training split of ``source`` when ``cfg`` has ``auto`` keys, resolve them, return the log lines
-    (none, and nothing read, when there is nothing to resolve)."""
+def plan_from_config(cfg: DictConfig, source: Any, max_images: Optional[int] = 1000) -> List[str]:
+    """Measure the training split of ``source`` when ``cfg`` has keys to plan, resolve them, return the log lines
+    (none, and nothing read, when there is nothing to resolve). Large datasets are measured on ``max_images``
+    evenly spread training images (statistics of 1000 images are as good as of all, and Cityscapes-sized
+    images take ~0.1 s each to decode)."""
     if not planned_keys(cfg):
         return []
     data = cfg.data
-    stats = measure(source, "train", int(data.num_classes), data.get("ignore_index"))
+    stats = measure(source, "train", int(data.num_classes), data.get("ignore_index"), max_images=max_images)
     return resolve_auto(cfg, stats)
 
 
