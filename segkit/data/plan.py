@@ -136,8 +136,8 @@ def measure(source: Any, split: str = "train", num_classes: int = 0, ignore_inde
         total += x.sum(0)
         sq += np.square(x).sum(0)
         count += x.shape[0]
-        if c == 3:
-            luma = x @ _LUMA
+        if c in (3, 4):  # colour (alpha ignored): luminance, and how far the channels differ
+            luma = x[:, :3] @ _LUMA
             luma_sum += luma.sum()
             luma_sq += np.square(luma).sum()
             chroma += np.abs(x[:, 0] - x[:, 1]).sum() + np.abs(x[:, 1] - x[:, 2]).sum()
@@ -156,8 +156,8 @@ def measure(source: Any, split: str = "train", num_classes: int = 0, ignore_inde
             ignored += int(mask.size - valid.sum())
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean ** 2, 0.0))
-    grey = channels == 3 and chroma / (2 * count) < GREY_TOLERANCE
-    luma_mean = luma_sum / count if channels == 3 else None
+    grey = channels in (3, 4) and chroma / (2 * count) < GREY_TOLERANCE
+    luma_mean = luma_sum / count if channels in (3, 4) else None
     luma_std = math.sqrt(max(luma_sq / count - luma_mean ** 2, 0.0)) if luma_mean is not None else None
     return DatasetStats(num_images=num_images, num_measured=len(samples), channels=int(channels), bit_depth=int(bit_depth),
                         heights=heights, widths=widths, mean=mean.tolist(), std=std.tolist(),
@@ -225,18 +225,29 @@ def _sig(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
+def _std(value: float) -> float:
+    """A measured std for normalising; a constant channel (std ~ 0) gets 1, so it is centred, not amplified."""
+    return _sig(value) if value > 1e-6 else 1.0
+
+
 def _normalisation(stats: DatasetStats, in_channels: int) -> tuple[list, list, str]:
     if stats.photographic and in_channels == 3:
         return list(IMAGENET_MEAN), list(IMAGENET_STD), "the images are 3-channel 8-bit colour photos (ImageNet's)"
-    if in_channels == 1 and stats.channels == 3:
-        return ([_sig(stats.luma_mean)], [_sig(max(stats.luma_std, 1e-6))],
-                "measured on the luminance of the training images (grey images stored as RGB)")
+    if in_channels == 1 and stats.luma_mean is not None:  # colour files read as one channel: their luminance
+        return ([_sig(stats.luma_mean)], [_std(stats.luma_std)],
+                "measured on the luminance of the training images (read as 1 channel)")
+    if in_channels == 3 and stats.channels == 1:  # grey files repeated to RGB by read_image
+        return ([_sig(stats.mean[0])] * 3, [_std(stats.std[0])] * 3,
+                "measured on the training images (grey, repeated to 3 channels)")
+    if in_channels == 3 and stats.channels == 4:  # RGBA read as RGB: alpha dropped
+        stats = DatasetStats(**{**stats.to_dict(), "channels": 3, "mean": stats.mean[:3], "std": stats.std[:3]})
+        return _normalisation(stats, 3)
     if in_channels != stats.channels:
         raise DataError(f"data.in_channels={in_channels} but the training images have {stats.channels} channels; "
                         "set data.in_channels=auto or to the images' channel count")
     kind = {8: "8-bit"}.get(stats.bit_depth, "16-bit/float")
     what = "grey" if stats.channels == 1 or stats.grey_as_rgb else f"{stats.channels}-channel"
-    return ([_sig(v) for v in stats.mean], [_sig(max(v, 1e-6)) for v in stats.std],
+    return ([_sig(v) for v in stats.mean], [_std(v) for v in stats.std],
             f"measured on the training images ({what} {kind}, not photographs)")
 
 
