@@ -8,7 +8,8 @@ Each dataset is written in segkit's folder layout (``images/*.png``, ``masks/*.p
 plus ``dataset.json`` with class names, sizes and where the data came from), deterministically: the same package
 versions give the same files.
 
-``brain_tissue`` (4 classes, 8-bit single-channel PNG, 233x197 / 189x197 / 189x233 px)
+``brain_tissue`` (4 classes, 8-bit single-channel PNG; height x width 233x197 axial, 189x197 coronal, 189x233
+sagittal)
     Source: the ICBM 2009c nonlinear symmetric MNI template (T1 and grey/white-matter probability maps, 1 mm, skull
     stripped) shipped in the ``nilearn`` wheel as ``nilearn/datasets/data/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_
     converted.nii.gz``, read with ``nibabel``. Licence: nilearn is BSD-3-Clause; the template is (c) 1993-2009 Louis
@@ -19,8 +20,9 @@ versions give the same files.
     p_wm >= p_gm, 2 grey matter if p_gm + p_wm >= 0.5 and p_gm > p_wm, else 1 CSF/other (ventricles, sulcal CSF,
     partial volume). Slices: axial, coronal and sagittal (left hemisphere and midline only: the template is
     left-right symmetric, so right sagittal slices would be mirror copies of left ones), every ``step``-th slice
-    through the brain. Split: slices are grouped in blocks of 12 mm along each axis and every fourth block is
-    validation, so that no validation slice has a training neighbour closer than 1 block edge.
+    through the brain. Split: slices are grouped in 12 mm blocks along each axis and every fourth block is
+    validation, so validation comes from 12 mm slabs that training never sees (only the slices at a slab's two
+    faces have a training slice 3 mm away).
 
 ``nuclei`` (3 classes, 16-bit single-channel PNG with the source's native range 0-235, 128x128 px)
     Source: the fluorescence microscopy image and its instance mask from the 2018 Kaggle Data Science Bowl (Caicedo
