@@ -105,6 +105,11 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     ensure_writable(run_dir, "run directory")
     L.seed_everything(cfg.seed, workers=True)
 
+    from segkit.data.plan import plan_from_config, planned_keys
+
+    if planned_keys(cfg):  # values left as `auto`: the training data decides, and the log says why
+        for line in plan_from_config(cfg, instantiate(cfg.data.source)):
+            rank_zero_info(f"plan: {line}")
     datamodule = instantiate(cfg.data)
     task = build_task(cfg, datamodule)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
