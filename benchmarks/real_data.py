@@ -171,7 +171,7 @@ def segkit_pipeline(root: Path, info: Dict, epochs: int, batch_size: int, lr: fl
     names = ",".join(info["class_names"])
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "data=folder", f"data.source.root={root}",
            f"data.num_classes={info['num_classes']}", f"data.class_names=[{names}]", "model=unet",
-           "model.encoder=resnet18", "model.pretrained=false", f"trainer.max_epochs={epochs}",
+           "model.encoder=resnet18", f"trainer.max_epochs={epochs}",
            f"data.batch_size={batch_size}", "data.crop_size=null", "data/augment=none",
            "data.train_transform.transforms=[{_target_:albumentations.HorizontalFlip}]",
            "task/optimizer=adamw", f"task.optimizer.lr={lr}", "task/scheduler=poly", f"seed={seed}",

@@ -77,7 +77,22 @@ def format_report(report: Dict[str, Any]) -> str:
 
 
 def check_data(cfg: DictConfig) -> Dict[str, Any]:
+    """Check every sample, then show what training would choose for the values left as ``auto``."""
+    from segkit.data.plan import plan_from_config, planned_keys
+
     check_targets(cfg, cfg.get("allowed_targets") or ())
+    plan: List[str] = []
+    if planned_keys(cfg):
+        try:
+            plan = plan_from_config(cfg, instantiate(cfg.data.source))
+        except DataError as exc:  # reported below with every other problem, file by file
+            plan = [f"not planned: {exc}"]
+            for key in ("in_channels", "mean", "std", "crop_size", "batch_size"):
+                if str(cfg.data.get(key)) == "auto":
+                    cfg.data[key] = {"in_channels": 3, "batch_size": 1, "crop_size": 512}.get(key)
     report = check_dataset(instantiate(cfg.data))
+    report["plan"] = plan
     print(format_report(report))
+    if plan:
+        print("training would choose (values left as auto):\n" + "\n".join(f"  - {line}" for line in plan))
     return report

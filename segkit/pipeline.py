@@ -215,6 +215,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
             cfg.seed = ckpt_cfg.get("seed", 0)
     data_cfg = resolve_data_config(ckpt_cfg, cfg.get("data"))
     check_targets(data_cfg, allowed, source="data config")
+    fill_auto_from_spec(data_cfg, task.spec)
     datamodule = instantiate(data_cfg)
     check_data_matches(task, datamodule)
     split = datamodule.split
@@ -256,6 +257,18 @@ def write_evaluation_report(output_dir: Path, summary: Dict[str, Any], confusion
         with torch.inference_mode(), trainer.strategy.precision_plugin.forward_context():
             item.update(image=image, truth=truth, pred=task.infer(x).argmax(1)[0].cpu().numpy())
     return write_report(output_dir, summary, confusion, task.class_names, task.spec.palette, worst, task.ignore_index)
+
+
+def fill_auto_from_spec(data_cfg: DictConfig, spec: Any) -> None:
+    """Evaluating with a data config whose values are ``auto`` (planned from training data at train time): the
+    model's own spec decides channels and normalisation; crop and batch size do not matter for evaluation."""
+    fill = {"in_channels": spec.in_channels, "mean": list(spec.mean), "std": list(spec.std), "crop_size": None,
+            "batch_size": 1}
+    with open_dict(data_cfg):
+        data_cfg.train_transform = None  # evaluation never trains (and its crop may be `auto`)
+        for key, value in fill.items():
+            if str(data_cfg.get(key, "")) == "auto":
+                data_cfg[key] = value
 
 
 def check_data_matches(task: Any, datamodule: Any) -> None:

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import CONFIG_DIR
-from segkit.check_data import check_dataset, format_report
+from segkit.check_data import check_data, check_dataset, format_report
 from segkit.data import DataError, VOCSource
 from segkit.data.io import default_palette
 
@@ -82,7 +82,7 @@ def test_voc_problems_exit_1_and_point_to_folder_layout(voc_root, tmp_path):
 def _check(overrides):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("check_data", overrides=overrides)
-    return check_dataset(instantiate(cfg.data))
+    return check_data(cfg)  # as scripts/check_data.py runs it: `auto` values planned first
 
 
 def test_voc_like_export_without_lists_reads_with_the_suggested_folder_command(voc_root):

@@ -103,7 +103,8 @@ def test_class_names_and_palette_from_a_labelmap_file(tmp_path):
     (tmp_path / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\nroad:128,64,128::\n"
                                            "car:0,0,142::\n")
     cfg = compose_cfg("train", ["data=folder", f"data.source.root={tmp_path}", "data.num_classes=3",
-                                f"data.class_names={tmp_path / 'labelmap.txt'}"], tmp_path)
+                                f"data.class_names={tmp_path / 'labelmap.txt'}", "data.in_channels=3", "data.mean=null",
+                                "data.std=null", "data.crop_size=64", "data.batch_size=2"], tmp_path)
     dm = instantiate(cfg.data)
     assert dm.class_names == ["background", "road", "car"]
     assert dm.palette == [[0, 0, 0], [128, 64, 128], [0, 0, 142]]
@@ -162,8 +163,8 @@ def test_non_rgb_images_end_to_end(kind, channels, tmp_path):
 
         pixels.append(read_image(next((root / "images").glob(f"{name}.*"))).reshape(-1, channels))
     pixels = np.concatenate(pixels).astype(np.float64)
-    np.testing.assert_allclose(spec["mean"], pixels.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(spec["std"], pixels.std(0), rtol=1e-4)
+    np.testing.assert_allclose(spec["mean"], pixels.mean(0), rtol=1e-3)  # the plan logs 4 significant digits
+    np.testing.assert_allclose(spec["std"], pixels.std(0), rtol=1e-3)
 
     ev = evaluate(compose_cfg("eval", [f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'eval'}", "progress_bar=false"],
                               tmp_path))

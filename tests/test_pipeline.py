@@ -33,9 +33,12 @@ def test_every_config_option_composes_and_instantiates(group, option, tmp_path):
             assert net(torch.randn(1, 3, 64, 64)).shape == (1, dm.num_classes, 64, 64)
         return
     if group == "data" and option == "folder":
-        extra = ["data.source.root=/nonexistent", "data.num_classes=3"]
+        extra = ["data.source.root=/nonexistent", "data.num_classes=3", "data.in_channels=3", "data.mean=null",
+                 "data.std=null", "data.crop_size=64", "data.batch_size=2"]  # `auto` is resolved by train()
     cfg = compose_cfg("train", [f"{group}={option}", *extra], tmp_path)
     if group.startswith("task/"):
+        if str(cfg.task.loss.get("weights", {}).get("dice")) == "auto":  # task/loss=auto: train() plans it
+            cfg.task.loss.weights.dice = 1.0
         net = torch.nn.Conv2d(3, cfg.data.num_classes, 1)
         task = instantiate(cfg.task, net=net, spec=instantiate(cfg.data).spec)
         if group == "task/loss":

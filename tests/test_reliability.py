@@ -252,7 +252,8 @@ def test_scale_crop_config_pads_masks_with_ignore_index(tmp_path):
 
     src = _folder(tmp_path / "d", n=2, size=(6, 8))
     cfg = compose_cfg("train", ["data=folder", f"data.source.root={src.root}", "data.num_classes=3",
-                                "data.crop_size=32", "data.ignore_index=7"], tmp_path)
+                                "data.crop_size=32", "data.ignore_index=7", "data.in_channels=3",
+                                "data.mean=null", "data.std=null", "data.batch_size=2"], tmp_path)
     dm = instantiate(cfg.data)
     for i in range(2):
         mask = dm.dataset("train", train=True)[(i, 1234 + i)]["mask"]

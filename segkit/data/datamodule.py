@@ -34,6 +34,11 @@ class SegmentationDataModule(L.LightningDataModule):
                  crop_size: Optional[int] = None, cache: Union[bool, str] = "auto",
                  cache_limit_mb: float = 512) -> None:
         super().__init__()
+        unresolved = [k for k, v in (("in_channels", in_channels), ("mean", mean), ("std", std),
+                                     ("crop_size", crop_size), ("batch_size", batch_size)) if v == "auto"]
+        if unresolved:
+            raise ValueError(f"data.{unresolved[0]}=auto is decided from the training images by scripts/train.py "
+                             "(segkit.data.plan); outside it, give a value")
         if cache not in (True, False, "auto"):
             raise ValueError(f"data.cache must be true, false or auto, got {cache!r}")
         self.source = source
