@@ -28,7 +28,7 @@ def test_mlflow_run_has_config_metrics_confusion_and_best_checkpoint(tmp_path):
     (run,) = client.search_runs([experiment.experiment_id])
     params = run.data.params
     assert params["model/_target_"] == cfg.model._target_
-    assert params["task/loss/ignore_index"] == str(cfg.data.ignore_index)
+    assert params["task/loss/losses/ce/ignore_index"] == str(cfg.data.ignore_index)  # interpolations resolved
     assert params["trainer/max_epochs"] == "2"
     assert run.data.metrics["val/mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-6)  # the final validate pass
     assert len(client.get_metric_history(run.info.run_id, "val/mIoU")) == 3  # 2 epochs + the best checkpoint
