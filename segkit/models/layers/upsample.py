@@ -176,6 +176,13 @@ UPSAMPLERS: dict[str, Callable[..., nn.Module]] = {
     "nearest": partial(InterpolateUpsample, mode="nearest"),
 }
 
+def is_parameter_free(factory: Callable[..., nn.Module]) -> bool:
+    """Whether ``factory(c, c, 2)`` builds an upsampler without parameters (a plain resize). Probed on the meta
+    device: no memory, no random numbers drawn."""
+    with torch.device("meta"):
+        return not any(True for _ in factory(8, 8, 2).parameters())
+
+
 UpsamplerSpec = Union[str, Callable[..., nn.Module], None]
 
 
