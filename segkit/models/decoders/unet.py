@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segkit.models.layers.conv import DoubleConv, init_relu_convs_
-from segkit.models.layers.upsample import is_parameter_free
+from segkit.models.layers.upsample import InterpolateUpsample, _tracing, is_parameter_free, nearest2x_conv3x3
 
 
 def default_decoder_channels(encoder_channels: Sequence[int], n_steps: int) -> List[int]:
@@ -22,6 +23,41 @@ def default_decoder_channels(encoder_channels: Sequence[int], n_steps: int) -> L
         cap = skips[k] if k < len(skips) else widths[-1] // 2 if widths else encoder_channels[-1]
         widths.append(max(16, min(256 >> k, cap)))
     return widths
+
+
+class UNetBlock(DoubleConv):
+    """Double conv on ``cat([up(x, size), skip])`` (``skip`` may be ``None``: the last step to stride 1).
+
+    When ``up`` is a plain nearest resize and the step is an exact 2x, the first conv runs on ``x`` at its own
+    resolution (:func:`nearest2x_conv3x3`) plus a conv on the skip: the same function at a fraction of the cost, no
+    resized map or concatenation built. Other sizes, other upsamplers, and traced/compiled/exported graphs take the
+    plain path (parameters are the same either way).
+    """
+
+    def __init__(self, up: nn.Module, up_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__(up_channels + skip_channels, out_channels)
+        conv = self[0][0]
+        self.fuse_nearest = (isinstance(up, InterpolateUpsample) and up.mode == "nearest"
+                             and isinstance(up.project, nn.Identity) and conv.kernel_size == (3, 3)
+                             and conv.padding == (1, 1) and conv.stride == (1, 1) and conv.dilation == (1, 1))
+        self.up_channels = up_channels
+
+    def forward(self, x: torch.Tensor, up: nn.Module, skip: Optional[torch.Tensor], size: List[int]) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if (not self.fuse_nearest or torch.jit.is_tracing() or torch.jit.is_scripting() or _tracing()
+                or int(size[0]) != 2 * h or int(size[1]) != 2 * w):
+            x = up(x, size)
+            return super().forward(x if skip is None else torch.cat([x, skip], dim=1))
+        first, rest = self[0], self[1]
+        conv = first[0]
+        y = nearest2x_conv3x3(x, conv.weight[:, : self.up_channels])
+        if skip is not None:
+            y = y + F.conv2d(skip, conv.weight[:, self.up_channels:], None, padding=1)
+        if conv.bias is not None:
+            y = y + conv.bias[:, None, None]
+        for layer in list(first)[1:]:
+            y = layer(y)
+        return rest(y)
 
 
 class UNetDecoder(nn.Module):
@@ -54,7 +90,7 @@ class UNetDecoder(nn.Module):
             c_skip = encoder_channels[skip] if skip >= 0 else 0
             c_up = c_in if keep_width else c_out
             ups.append(upsample(c_in, c_up, r_in // r_out))
-            blocks.append(DoubleConv(c_up + c_skip, c_out))
+            blocks.append(UNetBlock(ups[-1], c_up, c_skip, c_out))
             c_in, r_in = c_out, r_out
         self.ups, self.blocks = nn.ModuleList(ups), nn.ModuleList(blocks)
         init_relu_convs_(self.blocks)
@@ -66,9 +102,6 @@ class UNetDecoder(nn.Module):
     def forward(self, features: List[torch.Tensor], input_size: List[int]) -> torch.Tensor:
         x = features[-1]
         for up, block, skip in zip(self.ups, self.blocks, self.skips):
-            if skip >= 0:
-                target = features[skip]
-                x = block(torch.cat([up(x, target.shape[-2:]), target], dim=1))
-            else:
-                x = block(up(x, input_size))
+            target = features[skip] if skip >= 0 else None
+            x = block(x, up, target, input_size if target is None else target.shape[-2:])
         return x
