@@ -220,15 +220,15 @@ def test_unet_decoder_equals_smp_with_the_same_weights():
     with segkit's decoder weights gives the same output on the same encoder features."""
     smp = pytest.importorskip("segmentation_models_pytorch")
     torch.manual_seed(0)
-    net = UNet("resnet18", num_classes=3).eval()
-    ref = smp.Unet("resnet18", encoder_weights=None, classes=3).eval()
+    net = UNet("resnet18", num_classes=3).double().eval()
+    ref = smp.Unet("resnet18", encoder_weights=None, classes=3).double().eval()
     ours, theirs = net.decoder.state_dict(), ref.decoder.state_dict()
     assert [v.shape for v in ours.values()] == [v.shape for v in theirs.values()]
     ref.decoder.load_state_dict(dict(zip(theirs, ours.values())))
-    x = torch.randn(2, 3, 64, 96)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     with torch.no_grad():
         features = net.encoder(x)
-        assert torch.allclose(net.decoder(features, [64, 96]), ref.decoder([x] + features), atol=1e-5)
+        assert torch.allclose(net.decoder(features, [64, 96]), ref.decoder([x] + features), atol=1e-10)
 
 
 def test_deeplabv3plus_is_separable_by_default():
