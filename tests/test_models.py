@@ -172,7 +172,7 @@ def test_torch_export_dynamic_size(arch, upsampler):
     for shape in shapes:
         x = torch.randn(shape)
         with torch.no_grad():
-            assert torch.allclose(exported.module()(x), net(x), atol=1e-5)
+            assert torch.allclose(exported.module()(x), net(x), rtol=1e-5, atol=1e-4)  # eager may take the fused path
 
 
 def test_unet_decoder_widths():

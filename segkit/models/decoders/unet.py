@@ -43,9 +43,8 @@ class UNetBlock(DoubleConv):
         self.up_channels = up_channels
 
     def forward(self, x: torch.Tensor, up: nn.Module, skip: Optional[torch.Tensor], size: List[int]) -> torch.Tensor:
-        h, w = int(x.shape[-2]), int(x.shape[-1])
         if (not self.fuse_nearest or torch.jit.is_tracing() or torch.jit.is_scripting() or _tracing()
-                or int(size[0]) != 2 * h or int(size[1]) != 2 * w):
+                or int(size[0]) != 2 * int(x.shape[-2]) or int(size[1]) != 2 * int(x.shape[-1])):
             x = up(x, size)
             return super().forward(x if skip is None else torch.cat([x, skip], dim=1))
         first, rest = self[0], self[1]
