@@ -157,22 +157,20 @@ class PixelShuffleUpsample(nn.Module):
         return y[..., : size[0], : size[1]]
 
 
-# Nearest 2x upsampling then a 3-tap conv, per axis: output 2i+a reads low-res pixels (i-1+a, i+a) with these sums of
-# the 3 taps (a = 0: [w0, w1+w2]; a = 1: [w0+w1, w2]). Indexed (phase, low-res tap, original tap).
-_NEAREST2X_PHASES = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+# Nearest 2x upsampling then a 3-tap conv, per axis: the output pair (2j-1, 2j) reads low-res pixels (j-1, j) only,
+# with the 3 taps summed as [w0+w1, w2] (output 2j-1) and [w0, w1+w2] (output 2j). Indexed (sub-pixel, tap, 3-tap).
+_NEAREST2X_PHASES = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]])
 
 
 def nearest2x_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)`` (3x3 ``weight``, no bias)
-    without building the upsampled map: each of the 4 output phases is a 2x2 conv at x's resolution, so the conv costs
-    4/9 of the FLOPs and never reads the 4x larger input. Same values and gradients (up to float rounding)."""
-    n, _, h, w = x.shape
-    o = weight.shape[0]
+    without building the upsampled map: one 2x2 conv at x's resolution to 4x the channels, a pixel shuffle and a
+    one-pixel crop. 4/9 of the FLOPs, and it never reads a 4x larger input. Same values and gradients (up to float
+    rounding)."""
+    h, w = x.shape[-2:]
     m = _NEAREST2X_PHASES.to(weight)
-    k = torch.einsum("apk,bql,oikl->oabipq", m, m, weight).reshape(4 * o, weight.shape[1], 2, 2)
-    y = F.conv2d(x, k, padding=1).view(n, o, 2, 2, h + 1, w + 1)  # window j covers low-res pixels (j-1, j)
-    rows = [torch.stack([y[:, :, a, 0, a:a + h, :w], y[:, :, a, 1, a:a + h, 1:]], dim=-1) for a in (0, 1)]
-    return torch.stack(rows, dim=-3).reshape(n, o, 2 * h, 2 * w)
+    k = torch.einsum("apk,bql,oikl->oabipq", m, m, weight).reshape(4 * weight.shape[0], weight.shape[1], 2, 2)
+    return F.pixel_shuffle(F.conv2d(x, k, padding=1), 2)[..., 1:2 * h + 1, 1:2 * w + 1]
 
 
 def _tracing() -> bool:
