@@ -6,9 +6,10 @@ from torch import nn
 from segkit.analysis import ShapeError, conv_transpose_output_size
 from torch.utils.flop_counter import FlopCounterMode
 
-from segkit.models.layers import (ASPP, UPSAMPLERS, AtrousConv2d, ConvNormAct, ConvTransposeUpsample,
+from segkit.models.layers import (ASPP, UPSAMPLERS, AtrousConv2d, ConvNormAct, ConvTransposeUpsample, DoubleConv,
                                   InterpolateUpsample, PixelShuffleUpsample, ResizeConvUpsample, aspp_rates,
-                                  upsampler_factory)
+                                  init_relu_convs_, is_parameter_free, upsampler_factory)
+from segkit.models.layers.upsample import nearest2x_conv3x3
 
 
 @pytest.mark.parametrize("dilation", [1, 2, 4, 6])
@@ -177,3 +178,43 @@ def test_upsampler_factory_names_and_errors():
     assert upsampler_factory(None) is InterpolateUpsample
     with pytest.raises(ValueError, match="conv_transpose"):
         upsampler_factory("deconv")
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (5, 7), (6, 4)])
+def test_nearest2x_conv3x3_equals_resize_then_conv(h, w):
+    """Values and gradients against PyTorch's own nearest resize + 3x3 conv (float64: exact up to rounding)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    ref = nn.functional.conv2d(nn.functional.interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)
+    out = nearest2x_conv3x3(x, weight)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-12)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (x, weight), g), torch.autograd.grad(ref, (x, weight), g)):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_nearest2x_conv3x3_costs_about_4_9_of_the_flops():
+    x, weight = torch.randn(2, 64, 16, 16), torch.randn(32, 64, 3, 3)
+    with FlopCounterMode(display=False) as ref:
+        nn.functional.conv2d(nn.functional.interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)
+    with FlopCounterMode(display=False) as fused:
+        nearest2x_conv3x3(x, weight)
+    assert fused.get_total_flops() < 0.55 * ref.get_total_flops()  # 4/9 plus the 17x17 border windows
+
+
+@pytest.mark.parametrize("name", sorted(UPSAMPLERS))
+def test_is_parameter_free(name):
+    assert is_parameter_free(UPSAMPLERS[name]) == (name in ("bilinear", "nearest"))
+
+
+def test_init_relu_convs_is_he_fan_out():
+    torch.manual_seed(0)
+    block = DoubleConv(64, 128)
+    for p in block.parameters():
+        nn.init.constant_(p, 0.3)
+    init_relu_convs_(block)
+    conv, norm = block[0][0], block[0][1]
+    assert abs(conv.weight.std().item() - (2 / (128 * 9)) ** 0.5) < 0.05 * (2 / (128 * 9)) ** 0.5
+    assert abs(conv.weight.mean().item()) < 1e-3
+    assert torch.equal(norm.weight, torch.ones(128)) and torch.equal(norm.bias, torch.zeros(128))

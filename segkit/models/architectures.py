@@ -27,18 +27,20 @@ Encoder = Union[str, nn.Module]
 
 class UNet(Segmenter):
     """U-Net with skip connections at every encoder stage; works with ``encoder="unet"`` (plain, from scratch)
-    and with any torchvision/timm encoder. The upsampler is selectable (default: learnable ``ConvTranspose2d``).
+    and with any torchvision/timm encoder. The upsampler is selectable (default: parameter-free nearest resize, as
+    smp; ``"conv_transpose"``, ``"resize_conv"``, ``"pixel_shuffle"`` learn it at the decoder's narrower width).
 
     ``encoder_weights`` (every architecture): ``None``, a local state dict file, or a weights name (``"DEFAULT"``).
     """
 
     def __init__(self, encoder: Encoder = "unet", num_classes: int = 2, in_channels: int = 3,
-                 output_stride: Optional[int] = None, upsampler: UpsamplerSpec = "conv_transpose",
+                 output_stride: Optional[int] = None, upsampler: UpsamplerSpec = "nearest",
                  decoder_channels: Optional[Sequence[int]] = None, encoder_weights: WeightsSpec = None,
                  encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
         enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
         dec = UNetDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), decoder_channels)
         super().__init__(enc, dec, num_classes)
+        nn.init.zeros_(self.head.bias)  # no class favoured at the start; weights keep PyTorch's small uniform init
 
 
 class DeepLabV3(Segmenter):
@@ -104,12 +106,15 @@ def _torchvision_state_dict(state: Dict[str, torch.Tensor], n_rates: int) -> Dic
 
 class DeepLabV3Plus(Segmenter):
     """DeepLabV3+: ASPP (output stride 16 by default) plus the stride-4 low-level skip; the decoder's upsampler
-    (bilinear in the paper) is selectable. Logits are bilinearly resized to the input size."""
+    (bilinear in the paper) is selectable. Logits are bilinearly resized to the input size.
+
+    ``separable=True`` (default, the paper's choice) makes the ASPP and decoder 3x3 convs depthwise-separable: on
+    ResNet-50 the decoder drops from ~17M to ~3M parameters at no loss in the paper (Table 5, "SC")."""
 
     def __init__(self, encoder: Encoder = "resnet50", num_classes: int = 21, in_channels: int = 3,
                  output_stride: int = 16, upsampler: UpsamplerSpec = "bilinear", aux_head: bool = False,
                  rates: Optional[Sequence[int]] = None, aspp_channels: int = 256, low_level_channels: int = 48,
-                 separable: bool = False, aspp_dropout: float = 0.5, encoder_weights: WeightsSpec = None,
+                 separable: bool = True, aspp_dropout: float = 0.5, encoder_weights: WeightsSpec = None,
                  encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
         enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
         dec = DeepLabV3PlusDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), aspp_channels,

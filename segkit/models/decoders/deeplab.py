@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from segkit.models.layers.aspp import ASPP, resolve_rates
-from segkit.models.layers.conv import ConvNormAct, conv_block
+from segkit.models.layers.conv import ConvNormAct, conv_block, init_relu_convs_
 
 
 class DeepLabV3Decoder(nn.Module):
@@ -29,12 +29,13 @@ class DeepLabV3Decoder(nn.Module):
 class DeepLabV3PlusDecoder(nn.Module):
     """ASPP output upsampled to the stride-4 feature, fused with its 1x1-projected low-level feature.
 
-    The upsampler (bilinear in the paper) is any segkit upsampler factory.
+    The upsampler (bilinear in the paper) is any segkit upsampler factory. ``separable`` (the paper's choice;
+    ``DeepLabV3Plus`` defaults to it) makes every 3x3 conv depthwise-separable. Convs are He-initialised (fan-out).
     """
 
     def __init__(self, encoder_channels: Sequence[int], encoder_reductions: Sequence[int],
                  upsample: Callable[..., nn.Module], channels: int = 256, low_level_channels: int = 48,
-                 low_level_reduction: int = 4, rates: Optional[Sequence[int]] = None, separable: bool = False,
+                 low_level_reduction: int = 4, rates: Optional[Sequence[int]] = None, separable: bool = True,
                  dropout: float = 0.5) -> None:
         super().__init__()
         if low_level_reduction not in encoder_reductions:
@@ -47,6 +48,7 @@ class DeepLabV3PlusDecoder(nn.Module):
         self.low_project = ConvNormAct(encoder_channels[self.low_index], low_level_channels, 1)
         block = conv_block(separable)
         self.fuse = nn.Sequential(block(channels + low_level_channels, channels, 3), block(channels, channels, 3))
+        init_relu_convs_(self)
         self.out_channels = channels
         self.out_reduction = low_level_reduction
 

@@ -4,17 +4,70 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.layers.conv import DoubleConv
+from segkit.models.layers.conv import DoubleConv, init_relu_convs_
+from segkit.models.layers.upsample import InterpolateUpsample, _tracing, is_parameter_free, nearest2x_conv3x3
+
+
+def default_decoder_channels(encoder_channels: Sequence[int], n_steps: int) -> List[int]:
+    """Step ``k`` (deepest first) gets ``256 / 2**k`` channels, never more than its skip's (min 16).
+
+    Five steps on a ResNet give (256, 128, 64, 32, 16), segmentation_models.pytorch's widths; narrow encoders (the
+    plain U-Net) keep their skip widths. Width halves as resolution doubles, so every step costs about the same.
+    """
+    skips = list(encoder_channels[-2::-1])
+    widths: List[int] = []
+    for k in range(n_steps):
+        cap = skips[k] if k < len(skips) else widths[-1] // 2 if widths else encoder_channels[-1]
+        widths.append(max(16, min(256 >> k, cap)))
+    return widths
+
+
+class UNetBlock(DoubleConv):
+    """Double conv on ``cat([up(x, size), skip])`` (``skip`` may be ``None``: the last step to stride 1).
+
+    When ``up`` is a plain nearest resize and the step is an exact 2x, the first conv runs on ``x`` at its own
+    resolution (:func:`nearest2x_conv3x3`) plus a conv on the skip: the same function at a fraction of the cost, no
+    resized map or concatenation built. Other sizes, other upsamplers, and traced/compiled/exported graphs take the
+    plain path (parameters are the same either way).
+    """
+
+    def __init__(self, up: nn.Module, up_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__(up_channels + skip_channels, out_channels)
+        conv = self[0][0]
+        self.fuse_nearest = (isinstance(up, InterpolateUpsample) and up.mode == "nearest"
+                             and isinstance(up.project, nn.Identity) and conv.kernel_size == (3, 3)
+                             and conv.padding == (1, 1) and conv.stride == (1, 1) and conv.dilation == (1, 1))
+        self.up_channels = up_channels
+
+    def forward(self, x: torch.Tensor, up: nn.Module, skip: Optional[torch.Tensor], size: List[int]) -> torch.Tensor:
+        if (not self.fuse_nearest or torch.jit.is_tracing() or torch.jit.is_scripting() or _tracing()
+                or int(size[0]) != 2 * int(x.shape[-2]) or int(size[1]) != 2 * int(x.shape[-1])):
+            x = up(x, size)
+            return super().forward(x if skip is None else torch.cat([x, skip], dim=1))
+        first, rest = self[0], self[1]
+        conv = first[0]
+        y = nearest2x_conv3x3(x, conv.weight[:, : self.up_channels])
+        if skip is not None:
+            y = y + F.conv2d(skip, conv.weight[:, self.up_channels:], None, padding=1)
+        if conv.bias is not None:
+            y = y + conv.bias[:, None, None]
+        for layer in list(first)[1:]:
+            y = layer(y)
+        return rest(y)
 
 
 class UNetDecoder(nn.Module):
     """Works on any encoder that declares ``out_channels`` and ``reductions``.
 
     One step per skip connection (deepest first), plus a last step to stride 1 when the shallowest feature is
-    coarser than the input (ResNet stems are at stride 2). ``upsample(in, out, scale)`` builds each upsampler.
-    Default widths: the skip's width capped at 256, then half the previous for the skip-free last step (min 16).
+    coarser than the input (ResNet stems are at stride 2): upsample to the skip's size, concatenate the skip, two
+    3x3 convs. ``upsample(in, out, scale)`` builds each upsampler. A parameter-free one (``"nearest"``, the default,
+    or ``"bilinear"``) keeps the incoming width, as smp's U-Net; a learnable one (``"conv_transpose"``,
+    ``"resize_conv"``, ``"pixel_shuffle"``) maps to the step's (narrower) output width, so no wide map is convolved
+    at the higher resolution. Widths: :func:`default_decoder_channels`. Block convs are He-initialised (fan-out).
     """
 
     def __init__(self, encoder_channels: Sequence[int], encoder_reductions: Sequence[int],
@@ -23,32 +76,31 @@ class UNetDecoder(nn.Module):
         skips = list(range(len(encoder_channels) - 2, -1, -1))
         n_steps = len(skips) + (1 if encoder_reductions[0] > 1 else 0)
         if decoder_channels is None:
-            decoder_channels = [max(16, min(256, encoder_channels[i])) for i in skips]
-            if n_steps > len(skips):
-                decoder_channels.append(max(16, decoder_channels[-1] // 2))
+            decoder_channels = default_decoder_channels(encoder_channels, n_steps)
         if len(decoder_channels) != n_steps:
             raise ValueError(f"decoder_channels needs {n_steps} entries for this encoder "
                              f"(reductions {list(encoder_reductions)}), got {list(decoder_channels)}")
+        keep_width = is_parameter_free(upsample)
         ups, blocks = [], []
         c_in, r_in = encoder_channels[-1], encoder_reductions[-1]
         for step, c_out in enumerate(decoder_channels):
             skip = skips[step] if step < len(skips) else -1
             r_out = encoder_reductions[skip] if skip >= 0 else 1
             c_skip = encoder_channels[skip] if skip >= 0 else 0
-            ups.append(upsample(c_in, c_out, r_in // r_out))
-            blocks.append(DoubleConv(c_out + c_skip, c_out))
+            c_up = c_in if keep_width else c_out
+            ups.append(upsample(c_in, c_up, r_in // r_out))
+            blocks.append(UNetBlock(ups[-1], c_up, c_skip, c_out))
             c_in, r_in = c_out, r_out
         self.ups, self.blocks = nn.ModuleList(ups), nn.ModuleList(blocks)
+        init_relu_convs_(self.blocks)
         self.skips: List[int] = skips + [-1] * (n_steps - len(skips))
+        self.decoder_channels = list(decoder_channels)
         self.out_channels = c_in
         self.out_reduction = 1
 
     def forward(self, features: List[torch.Tensor], input_size: List[int]) -> torch.Tensor:
         x = features[-1]
         for up, block, skip in zip(self.ups, self.blocks, self.skips):
-            if skip >= 0:
-                target = features[skip]
-                x = block(torch.cat([up(x, target.shape[-2:]), target], dim=1))
-            else:
-                x = block(up(x, input_size))
+            target = features[skip] if skip >= 0 else None
+            x = block(x, up, target, input_size if target is None else target.shape[-2:])
         return x

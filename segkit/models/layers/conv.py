@@ -102,6 +102,25 @@ class SeparableConvNormAct(nn.Sequential):
         self.out_channels = out_channels
 
 
+@torch.no_grad()
+def init_relu_convs_(module: nn.Module) -> nn.Module:
+    """He-normal init (fan-out, ReLU gain) for every ``Conv2d`` in ``module``, zero biases; norms weight 1, bias 0.
+
+    PyTorch's default conv init (uniform, gain 1/sqrt(3)) shrinks activations by ~sqrt(6) per ReLU layer; He init
+    keeps their scale, so a freshly built decoder trains from the first step (He et al., 2015; torchvision's
+    ResNet, smp's decoders).
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
 def conv_block(separable: bool) -> Callable[..., nn.Module]:
     """The 3x3 block type to use: plain ``ConvNormAct`` or ``SeparableConvNormAct``."""
     return SeparableConvNormAct if separable else ConvNormAct

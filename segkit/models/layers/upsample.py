@@ -157,6 +157,22 @@ class PixelShuffleUpsample(nn.Module):
         return y[..., : size[0], : size[1]]
 
 
+# Nearest 2x upsampling then a 3-tap conv, per axis: the output pair (2j-1, 2j) reads low-res pixels (j-1, j) only,
+# with the 3 taps summed as [w0+w1, w2] (output 2j-1) and [w0, w1+w2] (output 2j). Indexed (sub-pixel, tap, 3-tap).
+_NEAREST2X_PHASES = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]])
+
+
+def nearest2x_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)`` (3x3 ``weight``, no bias)
+    without building the upsampled map: one 2x2 conv at x's resolution to 4x the channels, a pixel shuffle and a
+    one-pixel crop. 4/9 of the FLOPs, and it never reads a 4x larger input. Same values and gradients (up to float
+    rounding)."""
+    h, w = x.shape[-2:]
+    m = _NEAREST2X_PHASES.to(weight)
+    k = torch.einsum("apk,bql,oikl->oabipq", m, m, weight).reshape(4 * weight.shape[0], weight.shape[1], 2, 2)
+    return F.pixel_shuffle(F.conv2d(x, k, padding=1), 2)[..., 1:2 * h + 1, 1:2 * w + 1]
+
+
 def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
@@ -175,6 +191,13 @@ UPSAMPLERS: dict[str, Callable[..., nn.Module]] = {
     "bilinear": InterpolateUpsample,
     "nearest": partial(InterpolateUpsample, mode="nearest"),
 }
+
+def is_parameter_free(factory: Callable[..., nn.Module]) -> bool:
+    """Whether ``factory(c, c, 2)`` builds an upsampler without parameters (a plain resize). Probed on the meta
+    device: no memory, no random numbers drawn."""
+    with torch.device("meta"):
+        return not any(True for _ in factory(8, 8, 2).parameters())
+
 
 UpsamplerSpec = Union[str, Callable[..., nn.Module], None]
 
