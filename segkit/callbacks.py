@@ -17,8 +17,13 @@ class EpochSummary(L.Callback):
     """Shows training throughput (images/s) on the progress bar and prints one line per epoch:
     ``epoch 3 | train/loss 0.214 | val/mIoU 0.8123 | 12.4 s train | 412 img/s | 1.3 s val``.
 
-    Throughput counts training time only (validation inside the epoch is timed apart).
+    Throughput counts training time only (validation inside the epoch is timed apart; the sanity check before the
+    first epoch is not counted).
     """
+
+    def __init__(self) -> None:
+        self._start, self._images, self._val_seconds = time.perf_counter(), 0, 0.0
+        self._val_start: Optional[float] = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start, self._images, self._val_seconds = time.perf_counter(), 0, 0.0
@@ -35,7 +40,7 @@ class EpochSummary(L.Callback):
                           rank_zero_only=True, batch_size=len(batch["image"]))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == "fit":
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

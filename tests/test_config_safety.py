@@ -216,3 +216,19 @@ def test_interpolated_target_is_refused_not_followed():
     cfg = OmegaConf.create({"name": "torch.optim.SGD", "opt": {"_target_": "${name}"}})
     with pytest.raises(UnsafeConfigError, match=r"opt\._target_='\$\{name\}'.*not a plain dotted name"):
         check_targets(cfg)
+
+
+def test_default_validation_cadence_always_validates_the_last_epoch(tmp_path):
+    """trainer.check_val_every_n_epoch defaults to a divisor of max_epochs (the last epoch is validated, so the best
+    checkpoint can be the final weights) giving at least 10 validations, or every epoch for short runs."""
+    from conftest import compose_cfg
+    from segkit.resolvers import val_every
+
+    for n in (7, 25, 30):
+        assert compose_cfg("train", [f"trainer.max_epochs={n}"], tmp_path).trainer.check_val_every_n_epoch == val_every(n)
+    for n in range(1, 301):
+        every = val_every(n)
+        assert n % every == 0, (n, every)
+        assert n // every >= min(n, 10), (n, every)
+        if n in (30, 100):
+            assert every == n // 10

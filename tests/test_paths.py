@@ -2,6 +2,7 @@
 resuming, several devices. Each test here failed on segkit 0.1."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,7 +151,7 @@ def test_non_rgb_images_end_to_end(kind, channels, tmp_path):
     root = tmp_path / kind
     _channels_dataset(root, kind)
     cfg = compose_cfg("train", [*SMALL, "data=folder", f"data.source.root={root}", "data.num_classes=2",
-                                f"data.in_channels={channels}", "data/augment=none", "data.crop_size=32",
+                                f"data.in_channels={channels}", "data.crop_size=32",  # default augment
                                 "data.batch_size=4", "data.eval_batch_size=2", "data.num_workers=0",
                                 "trainer.max_epochs=2"], tmp_path)
     metrics = train(cfg)
@@ -248,3 +249,27 @@ def test_checkpoint_with_unsafe_model_or_task_target_is_refused(trained, tmp_pat
     torch.save(state, path)
     with pytest.raises(UnsafeConfigError, match=rf"{node.replace('.', r'.')}\._target_='os.system'"):
         load_task_from_checkpoint(str(path))
+
+
+AUGMENTS = sorted(p.stem for p in (Path(__file__).parent.parent / "configs" / "data" / "augment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("augment", AUGMENTS)
+def test_every_augmentation_takes_any_channel_count_and_bit_depth(augment, tmp_path):
+    """Each data/augment preset, as composed for data=folder, on 1- to 5-channel uint8 and float 0-1 images: the
+    shape, dtype and value range come out as they went in, the mask stays aligned with the image."""
+    cfg = compose_cfg("train", ["data=folder", f"data/augment={augment}", "data.crop_size=24", "data.in_channels=3",
+                                "data.source.root=unused"], tmp_path)
+    transform = instantiate(cfg.data.train_transform)
+    rng = np.random.default_rng(0)
+    for channels in range(1, 6):
+        for dtype in (np.uint8, np.float32):
+            image = rng.random((20, 28, channels)).astype(np.float32)
+            image = (image * 255).astype(np.uint8) if dtype == np.uint8 else image
+            mask = (np.arange(20 * 28).reshape(20, 28) % 3).astype(np.uint8)
+            for _ in range(3):
+                out = transform(image=image, mask=mask)
+                assert out["image"].dtype == dtype and out["image"].ndim == 3 and out["image"].shape[-1] == channels
+                assert out["image"].shape[:2] == out["mask"].shape
+                if dtype == np.float32:
+                    assert 0.0 <= out["image"].min() and out["image"].max() <= 1.0

@@ -83,6 +83,19 @@ def test_fast_dev_run_each_model(model, tmp_path, shared_data_dir):
     assert 0.0 <= metrics["mIoU"] <= 1.0 and metrics["num_images"] > 0
 
 
+def test_sanity_validation_steps_and_epoch_summary(tmp_path, shared_data_dir, caplog):
+    """trainer.num_sanity_val_steps > 0 runs validation before the first epoch: the epoch summary must not count it."""
+    import logging
+
+    cfg = compose_cfg("train", ["model=unet_small", *SMALL_MODEL["unet"], *TINY_DATA, "trainer.max_epochs=1",
+                                "trainer.num_sanity_val_steps=2", "logger=csv"], tmp_path, shared_data_dir)
+    with caplog.at_level(logging.INFO):
+        metrics = train(cfg)
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 0 |")]
+    assert "img/s" in line
+
+
 def test_train_evaluate_predict_agree(tmp_path, shared_data_dir):
     cfg = compose_cfg("train", ["model=unet_small", *TINY_DATA, "trainer.max_epochs=2", "data.source.num_train=64"],
                       tmp_path, shared_data_dir)
