@@ -64,21 +64,28 @@ def input_contract(task: Any, input_dtype: str = "uint8", baked_in: bool = True)
     return info
 
 
+MIN_RESIZE_SIZE = 64  # smallest exported height/width of a resize-based network
+
+
 def _dynamic_dims(net: nn.Module):
-    """Height/width Dims: any size from 64 for resize-based decoders, multiples of the total stride otherwise."""
+    """Height/width Dims (and the smallest size they admit): any size from 64 for resize-based decoders, multiples
+    of the total stride (at least two) otherwise."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     if any(isinstance(m, (ConvTransposeUpsample, PixelShuffleUpsample)) for m in net.modules()):
         d = int(getattr(net, "size_divisor", 32))
-        return batch, d * torch.export.Dim("hk", min=2, max=8192 // d), d * torch.export.Dim("wk", min=2, max=8192 // d)
-    return batch, torch.export.Dim("height", min=64, max=8192), torch.export.Dim("width", min=64, max=8192)
+        return (batch, d * torch.export.Dim("hk", min=2, max=8192 // d),
+                d * torch.export.Dim("wk", min=2, max=8192 // d), 2 * d)
+    return (batch, torch.export.Dim("height", min=MIN_RESIZE_SIZE, max=8192),
+            torch.export.Dim("width", min=MIN_RESIZE_SIZE, max=8192), MIN_RESIZE_SIZE)
 
 
 def export_onnx(task: Any, path: str | Path, example_size: int = 128, opset: int = 18, input_dtype: str = "uint8"
                 ) -> Path:
     model = normalized_model(task, input_dtype)
-    batch, h, w = _dynamic_dims(model.net)
-    size = max(example_size, 2 * int(getattr(model.net, "size_divisor", 32)))
-    size -= size % int(getattr(model.net, "size_divisor", 1))
+    batch, h, w, min_size = _dynamic_dims(model.net)
+    divisor = int(getattr(model.net, "size_divisor", 1))
+    size = max(example_size, min_size)  # the example must lie in the exported range
+    size += -size % divisor
     program = torch.onnx.export(model, (_example(model, size),), dynamo=True, opset_version=opset,
                                 input_names=["images"], output_names=["logits"],
                                 dynamic_shapes={"images": {0: batch, 2: h, 3: w}})

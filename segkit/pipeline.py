@@ -97,8 +97,10 @@ def build_task(cfg: DictConfig, datamodule: Any) -> Any:
     return task
 
 
-def train(cfg: DictConfig) -> Dict[str, Any]:
-    """Compose -> data, model, task, trainer -> fit -> validate the best checkpoint -> metrics.json."""
+def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any]:
+    """Compose -> data, model, task, trainer -> fit -> validate the best checkpoint -> metrics.json.
+
+    ``extra_callbacks``: Lightning callbacks added to the config's (``segkit.sweep`` reports to Optuna this way)."""
     check_targets(cfg, cfg.get("allowed_targets") or ())
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_resume(cfg.get("ckpt_path"), run_dir)
@@ -113,7 +115,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     datamodule = instantiate(cfg.data)
     task = build_task(cfg, datamodule)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.get("callbacks")),
+    trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_group(cfg.get("callbacks")), *extra_callbacks],
                           logger=_instantiate_group(cfg.get("logger")) or False)
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)

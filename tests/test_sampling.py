@@ -23,3 +23,96 @@ def test_seeded_sampler_ranks_partition_one_permutation():
 def test_shard_sampler_has_no_padding():
     shards = [list(ShardSampler(7, rank=r, world_size=2)) for r in (0, 1)]
     assert shards == [[0, 2, 4, 6], [1, 3, 5]]
+
+
+def _repeat_factors_by_definition(presence, threshold):
+    """LVIS repeat-factor sampling written out image by image, class by class."""
+    import math
+
+    n_images, n_classes = len(presence), len(presence[0])
+    out = []
+    for i in range(n_images):
+        r = 1.0
+        for c in range(n_classes):
+            if presence[i][c]:
+                f = sum(presence[j][c] for j in range(n_images)) / n_images
+                r = max(r, max(1.0, math.sqrt(threshold / f)))
+        out.append(r)
+    return out
+
+
+def test_repeat_factors_match_their_definition():
+    import numpy as np
+
+    from segkit.data.sampling import repeat_factors
+
+    rng = np.random.default_rng(0)
+    for threshold in (0.05, 0.1, 0.5, 1.0):
+        presence = rng.random((40, 6)) < np.array([0.9, 0.5, 0.1, 0.03, 0.0, 0.2])
+        np.testing.assert_allclose(repeat_factors(presence, threshold),
+                                   _repeat_factors_by_definition(presence.tolist(), threshold))
+    import pytest
+
+    with pytest.raises(ValueError, match="repeat_threshold"):
+        repeat_factors(presence, 0.0)
+
+
+def test_weighted_sampler_draws_in_proportion_and_is_reproducible():
+    import numpy as np
+
+    weights = np.array([1.0, 1.0, 4.0, 2.0])
+    counts = np.zeros(4)
+    for epoch in range(500):
+        s = SeededSampler(4, seed=3, weights=weights)
+        s.set_epoch(epoch)
+        picks = [i for i, _ in s]
+        assert len(picks) == 4
+        np.add.at(counts, picks, 1)
+        again = SeededSampler(4, seed=3, weights=weights)
+        again.set_epoch(epoch)
+        assert [i for i, _ in again] == picks
+    np.testing.assert_allclose(counts / counts.sum(), weights / weights.sum(), atol=0.02)
+    # under DDP the ranks split one draw
+    ranks = [SeededSampler(4, seed=3, weights=weights, rank=r, world_size=2) for r in (0, 1)]
+    single = SeededSampler(4, seed=3, weights=weights)
+    assert sorted(i for r in ranks for i, _ in r) == sorted(i for i, _ in single)
+
+
+def test_repeat_factor_sampling_in_the_datamodule(tmp_path):
+    """data.sampling=repeat_factor: images holding a class found in few training images come up more often."""
+    import numpy as np
+    from PIL import Image
+
+    from segkit.data import FolderSource, SegmentationDataModule
+
+    for d in ("images", "masks", "splits"):
+        (tmp_path / d).mkdir()
+    names = []
+    for i in range(20):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[2:6, 2:6] = 1
+        if i < 2:
+            mask[8:12, 8:12] = 2  # class 2 in 10% of the images
+        Image.fromarray(np.full((16, 16, 3), 50 * (i % 5), np.uint8)).save(tmp_path / "images" / f"{i:02d}.png")
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{i:02d}.png")
+        names.append(f"{i:02d}")
+    (tmp_path / "splits" / "train.txt").write_text("\n".join(names))
+    (tmp_path / "splits" / "val.txt").write_text("\n".join(names[:2]))
+
+    def rare_share(sampling):
+        dm = SegmentationDataModule(FolderSource(str(tmp_path)), num_classes=3, batch_size=4, sampling=sampling,
+                                    repeat_threshold=0.5)
+        loader = dm.train_dataloader()
+        picks = []
+        for epoch in range(100):
+            loader.sampler.set_epoch(epoch)
+            picks += [i for i, _ in loader.sampler]
+        return np.isin(picks, [0, 1]).mean()
+
+    assert abs(rare_share("uniform") - 0.1) < 1e-9
+    # factor sqrt(0.5 / 0.1) for the two rare images, 1 for the others: share 2 * 2.236 / (2 * 2.236 + 18)
+    assert abs(rare_share("repeat_factor") - 2 * 5 ** 0.5 / (2 * 5 ** 0.5 + 18)) < 0.03
+    import pytest
+
+    with pytest.raises(ValueError, match="data.sampling must be uniform or repeat_factor"):
+        SegmentationDataModule(FolderSource(str(tmp_path)), num_classes=3, sampling="balanced")

@@ -6,11 +6,12 @@ from functools import partial
 from typing import Any, Callable, Optional, Sequence, Union
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from segkit.data.dataset import SegmentationDataset, channel_stats, pad_collate
-from segkit.data.sampling import SeededSampler, ShardSampler
+from segkit.data.sampling import SeededSampler, ShardSampler, repeat_factors
 from segkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
 
 
@@ -23,6 +24,9 @@ class SegmentationDataModule(L.LightningDataModule):
     per line) or a VOC/CVAT ``labelmap.txt`` (``name:r,g,b::``, whose colours become the palette). ``mean``/``std`` (0-1 units, one per channel) default to
     ImageNet's for 3-channel 8-bit images and are measured from the training images otherwise. ``cache``: keep
     decoded images in memory (``"auto"``: when they fit in ``cache_limit_mb``), so small datasets are decoded once.
+    ``sampling``: ``uniform`` (each training image once per epoch) or ``repeat_factor``: images that contain classes
+    present in fewer than ``repeat_threshold`` of the training images are drawn more often
+    (:func:`~segkit.data.sampling.repeat_factors`; the masks are read once to find which classes each image holds).
     """
 
     def __init__(self, source: Any, num_classes: int, ignore_index: int = 255,
@@ -32,8 +36,11 @@ class SegmentationDataModule(L.LightningDataModule):
                  persistent_workers: bool = False, train_transform: Optional[Callable] = None,
                  eval_transform: Optional[Callable] = None, split: str = "val", seed: int = 0,
                  crop_size: Optional[int] = None, cache: Union[bool, str] = "auto",
-                 cache_limit_mb: float = 512) -> None:
+                 cache_limit_mb: float = 512, sampling: str = "uniform", repeat_threshold: float = 0.1) -> None:
         super().__init__()
+        if sampling not in ("uniform", "repeat_factor"):
+            raise ValueError(f"data.sampling must be uniform or repeat_factor, got {sampling!r}")
+        self.sampling, self.repeat_threshold = sampling, float(repeat_threshold)
         unresolved = [k for k, v in (("in_channels", in_channels), ("mean", mean), ("std", std),
                                      ("crop_size", crop_size), ("batch_size", batch_size)) if v == "auto"]
         if unresolved:
@@ -121,10 +128,31 @@ class SegmentationDataModule(L.LightningDataModule):
         # Samplers are rank-aware DistributedSampler subclasses, so the order depends only on (seed, epoch, rank):
         # exact resume, no duplicated evaluation samples under DDP, and Lightning never shards a second time.
         self._maybe_preload(dataset)
-        sampler = SeededSampler(len(dataset), self.seed) if train else ShardSampler(len(dataset))
+        if train:
+            weights = self._sample_weights(dataset) if self.sampling == "repeat_factor" else None
+            sampler = SeededSampler(len(dataset), self.seed, weights=weights)
+        else:
+            sampler = ShardSampler(len(dataset))
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
                           collate_fn=partial(pad_collate, ignore_index=self.ignore_index), drop_last=train)
+
+    def _sample_weights(self, dataset: SegmentationDataset) -> np.ndarray:
+        """Repeat factors of the training images (computed once; the masks are read, or taken from the cache)."""
+        if getattr(self, "_repeat_factors", None) is None or len(self._repeat_factors) != len(dataset):
+            presence = np.zeros((len(dataset), self.num_classes), dtype=bool)
+            for i in range(len(dataset)):
+                mask = dataset.load(i)[1]
+                present = np.unique(mask)
+                presence[i, present[present < self.num_classes]] = True
+            factors = repeat_factors(presence, self.repeat_threshold)
+            rare = [self.class_names[c] if self.class_names else str(c)
+                    for c in np.flatnonzero(presence.mean(0) < self.repeat_threshold) if presence[:, c].any()]
+            rank_zero_info(f"data.sampling=repeat_factor: repeat factors {factors.min():.2f}-{factors.max():.2f} "
+                           f"(mean {factors.mean():.2f}); classes in under {self.repeat_threshold:.0%} of the "
+                           f"training images: {', '.join(rare) or 'none'}")
+            self._repeat_factors = factors
+        return self._repeat_factors
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train", train=True), self.batch_size, train=True)

@@ -8,8 +8,9 @@ read when iterating, so a sampler built before the process group exists still sh
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
@@ -48,6 +49,21 @@ class _RankAware(DistributedSampler):
         self.epoch = int(epoch)
 
 
+def repeat_factors(presence: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """Repeat-factor sampling weights (Gupta et al., LVIS 2019), one per image, from ``presence[i, c]`` (image
+    ``i`` contains class ``c``): ``r_c = max(1, sqrt(threshold / f_c))`` with ``f_c`` the fraction of images that
+    contain class ``c``, and an image's factor is the largest ``r_c`` of its classes (1 for an image with none).
+    Classes in at least ``threshold`` of the images are not oversampled."""
+    presence = np.asarray(presence, dtype=bool)
+    if presence.ndim != 2 or len(presence) == 0:
+        raise ValueError("presence must be an (images, classes) boolean array with at least one image")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"data.repeat_threshold must be in (0, 1], got {threshold}")
+    freq = presence.mean(0)
+    per_class = np.where(freq > 0, np.sqrt(threshold / np.maximum(freq, 1e-12)), 1.0).clip(min=1.0)
+    return np.where(presence, per_class[None, :], 1.0).max(1)
+
+
 class SeededSampler(_RankAware):
     """Training order and per-sample augmentation seeds drawn from ``(seed, epoch)`` only.
 
@@ -55,12 +71,21 @@ class SeededSampler(_RankAware):
     ``sample_seed``, so augmentation is reproducible in any worker and after a resume. Under DDP each rank takes
     every ``world``-th sample of the same permutation, all ranks the same count (the tail is dropped).
     Lightning calls :meth:`set_epoch` at every epoch.
+
+    ``weights`` (one per sample, e.g. :func:`repeat_factors`): an epoch is then ``num_samples`` draws with
+    replacement, each sample drawn in proportion to its weight (rare-class images more often, the epoch length
+    and so the schedule unchanged).
     """
 
     def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: Optional[int] = None,
-                 world_size: Optional[int] = None) -> None:
+                 world_size: Optional[int] = None, weights: Optional[Sequence[float]] = None) -> None:
         super().__init__(num_samples, rank, world_size)
         self.seed, self.shuffle = int(seed), shuffle
+        self.weights = None
+        if weights is not None:
+            self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+            if self.weights.shape != (self.num_samples_total,) or not bool((self.weights > 0).all()):
+                raise ValueError(f"sampler weights must be {self.num_samples_total} positive numbers")
 
     def __len__(self) -> int:
         return self.num_samples_total // self.num_replicas
@@ -68,7 +93,10 @@ class SeededSampler(_RankAware):
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         n = self.num_samples_total
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         seeds = torch.randint(0, 2 ** 31 - 1, (n,), generator=g)
         rank, world = self.rank, self.num_replicas
         picks = range(rank, (n // world) * world, world)

@@ -1,0 +1,176 @@
+"""Hyperparameter search with Optuna: each trial is a ``scripts/train.py`` run with sampled overrides.
+
+``python scripts/sweep.py [train overrides] [sweep.n_trials=20 sweep.params=...]`` (configs/sweep.yaml). Optuna is
+used directly (``pip install -e .[sweep]``): Hydra's Optuna sweeper plugin pins Optuna < 3. A trial composes the
+train config from the command's own overrides plus its sampled ones (config groups such as ``task/loss`` or
+``model/upsampler`` included), trains in this process in ``<sweep dir>/trial_NNN`` and returns the final
+validation mIoU of its best checkpoint. Validation mIoU is reported to Optuna at every validation, so a pruner can
+stop hopeless trials early. The study lives in ``<sweep dir>/optuna.db``: run the same command with
+``hydra.run.dir=<sweep dir>`` to add trials to it, ``optuna-dashboard sqlite:///<sweep dir>/optuna.db`` to browse it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise SystemExit("scripts/sweep.py needs Optuna: pip install -c constraints.txt -e '.[sweep]'") from None
+    return optuna
+
+
+def check_space(params: Mapping[str, Any]) -> None:
+    """Refuse a malformed search space before the first trial, naming the ``sweep.params`` key and the fix."""
+    if not params:
+        raise ValueError("sweep.params is empty: give at least one key, e.g. "
+                         "'sweep.params={task.optimizer.lr:{type:float,low:1e-4,high:1e-2,log:true}}'")
+    for key, spec in params.items():
+        where = f"sweep.params.{key}"
+        if not isinstance(spec, Mapping) or spec.get("type") not in PARAM_TYPES:
+            raise ValueError(f"{where}: needs type: float, int or categorical (got {spec!r})")
+        if spec["type"] == "categorical":
+            choices = spec.get("choices")
+            if not choices or isinstance(choices, (str, Mapping)):
+                raise ValueError(f"{where}: a categorical parameter needs a non-empty list of choices")
+        else:
+            if spec.get("low") is None or spec.get("high") is None or not float(spec["low"]) < float(spec["high"]):
+                raise ValueError(f"{where}: a {spec['type']} parameter needs low < high (got low={spec.get('low')}, "
+                                 f"high={spec.get('high')})")
+            if spec.get("log") and float(spec["low"]) <= 0:
+                raise ValueError(f"{where}: log: true needs low > 0")
+
+
+def _override_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def suggest(trial: Any, params: Mapping[str, Any]) -> List[str]:
+    """Sample one value per ``sweep.params`` key; the Hydra overrides that set them (``key=value``)."""
+    overrides = []
+    for key, spec in params.items():
+        kind = spec["type"]
+        if kind == "float":
+            value = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+        elif kind == "int":
+            value = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)),
+                                      log=bool(spec.get("log")))
+        else:
+            value = trial.suggest_categorical(key, list(spec["choices"]))
+        overrides.append(f"{key}={_override_value(value)}")
+    return overrides
+
+
+class OptunaReport(L.Callback):
+    """Reports the monitored metric to an Optuna trial after every validation (not the sanity check) and raises
+    ``optuna.TrialPruned`` when the study's pruner says so."""
+
+    def __init__(self, trial: Any, monitor: str = "val/mIoU") -> None:
+        self.trial, self.monitor = trial, monitor
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        self.trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            raise _optuna().TrialPruned(f"{self.monitor} at epoch {trainer.current_epoch}")
+
+
+def _sampler(optuna: Any, name: str, seed: Optional[int]):
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+                "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+                "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed)}
+    if name not in samplers:
+        raise ValueError(f"sweep.sampler must be one of {sorted(samplers)}, got {name!r}")
+    return samplers[name]()
+
+
+def _pruner(optuna: Any, name: Optional[str]):
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+               "none": optuna.pruners.NopPruner}
+    key = "none" if name in (None, False) else str(name)
+    if key not in pruners:
+        raise ValueError(f"sweep.pruner must be median or none, got {name!r}")
+    return pruners[key]()
+
+
+def run_sweep(sweep_cfg: DictConfig, base_overrides: Sequence[str], sweep_dir: Path,
+              compose_train: Callable[[List[str]], DictConfig], seed: Optional[int] = None) -> Dict[str, Any]:
+    """Run ``sweep_cfg.n_trials`` trials (more when the study in ``sweep_dir`` already has some, see module doc).
+
+    ``compose_train(overrides)`` composes the train config; each trial adds its sampled overrides and its run
+    directory to ``base_overrides``. Writes ``best.json`` (value, params, overrides, run directory) and returns it.
+    """
+    from segkit.pipeline import train
+
+    optuna = _optuna()
+    params = OmegaConf.to_container(sweep_cfg.params, resolve=True)
+    check_space(params)
+    clash = sorted({o.split("=", 1)[0].lstrip("+~") for o in base_overrides} & set(params))
+    if clash:
+        raise ValueError(f"{', '.join(clash)}: set on the command line and swept in sweep.params; drop one of them")
+    for values in _probe_values(params):  # every choice composes before the first trial, or fail now
+        compose_train([*base_overrides, *suggest(optuna.trial.FixedTrial(values), params)])
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=sweep_cfg.study_name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
+                                direction="maximize", load_if_exists=True,
+                                sampler=_sampler(optuna, sweep_cfg.sampler, seed),
+                                pruner=_pruner(optuna, sweep_cfg.pruner))
+
+    def objective(trial: Any) -> float:
+        sampled = suggest(trial, params)
+        run_dir = sweep_dir / f"trial_{trial.number:03d}"
+        cfg = compose_train([*base_overrides, *sampled, f"paths.output_dir={run_dir}"])
+        log.info("trial %d: %s", trial.number, " ".join(sampled))
+        trial.set_user_attr("overrides", sampled)
+        trial.set_user_attr("run_dir", str(run_dir))
+        metrics = train(cfg, extra_callbacks=[OptunaReport(trial)])
+        log.info("trial %d: val mIoU %.4f (%s)", trial.number, metrics["mIoU"], run_dir)
+        return float(metrics["mIoU"])
+
+    study.optimize(objective, n_trials=int(sweep_cfg.n_trials), timeout=sweep_cfg.get("timeout"),
+                   gc_after_trial=True)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise RuntimeError(f"no trial of the sweep in {sweep_dir} completed (all pruned or failed)")
+    best = study.best_trial
+    result = {"value": best.value, "trial": best.number, "params": best.params,
+              "overrides": best.user_attrs["overrides"], "run_dir": best.user_attrs["run_dir"],
+              "trials": {state.name.lower(): sum(t.state == state for t in study.trials)
+                         for state in optuna.trial.TrialState if any(t.state == state for t in study.trials)}}
+    from segkit.pipeline import write_json_atomic
+
+    write_json_atomic(sweep_dir / "best.json", result)
+    log.info("best: trial %d, val mIoU %.4f\n  python scripts/train.py %s", best.number, best.value,
+             " ".join([*base_overrides, *result["overrides"]]))
+    log.info("sweep directory: %s (%s)", sweep_dir, json.dumps(result["trials"]))
+    return result
+
+
+def _probe_values(params: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """Parameter sets that together use every categorical choice and both ends of every range, so that each one
+    is composed once before the first trial (a misspelt loss name fails in seconds, not hours into a sweep)."""
+    def ends(spec: Mapping[str, Any]) -> List[Any]:
+        if spec["type"] == "categorical":
+            return list(spec["choices"])
+        cast = int if spec["type"] == "int" else float
+        return [cast(spec["low"]), cast(spec["high"])]
+
+    options = {k: ends(s) for k, s in params.items()}
+    return [{k: v[min(i, len(v) - 1)] for k, v in options.items()} for i in range(max(map(len, options.values())))]
