@@ -247,12 +247,13 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
 def write_evaluation_report(output_dir: Path, summary: Dict[str, Any], confusion: Any, task: Any, trainer: L.Trainer,
                             dataset: Any, count: int) -> Path:
     """report.html: per-class IoU, the confusion matrix and the ``count`` images with the lowest per-image mIoU
-    (their predictions recomputed by the same inference step, at the trainer's precision)."""
+    (their predictions recomputed by the same inference step, on the trainer's device and at its precision:
+    Lightning's teardown has moved the model back to the CPU, so it is moved to that device again here)."""
     from segkit.analysis.html_report import worst_images, write_report
 
     worst = worst_images(task.per_image or [], count=count)
     index = {p.stem: i for i, (p, _) in enumerate(dataset.samples)}
-    task.eval()
+    task.to(trainer.strategy.root_device).eval()
     for item in worst:
         image, truth = dataset.load(index[item["name"]])
         x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None].to(task.device)

@@ -56,7 +56,8 @@ def test_startup_dry_run_names_layer_and_fix(tmp_path, shared_data_dir):
     from conftest import TINY_DATA, compose_cfg
     from segkit.pipeline import train
 
-    cfg = compose_cfg("train", [*TINY_DATA, "model.upsampler.kernel_size=2", "model.upsampler.padding=0",
+    cfg = compose_cfg("train", [*TINY_DATA, "model/upsampler=conv_transpose", "model.upsampler.kernel_size=2",
+                                "model.upsampler.padding=0",
                                 "data.crop_size=60"], tmp_path, shared_data_dir)
     with pytest.raises(ShapeError, match=r"ConvTranspose2d\(kernel 2, stride 2, padding 0.*nearest: \[64, 64\]"):
         train(cfg)
