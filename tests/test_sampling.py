@@ -116,3 +116,33 @@ def test_repeat_factor_sampling_in_the_datamodule(tmp_path):
 
     with pytest.raises(ValueError, match="data.sampling must be uniform or repeat_factor"):
         SegmentationDataModule(FolderSource(str(tmp_path)), num_classes=3, sampling="balanced")
+
+
+def test_auto_workers_follow_the_device_and_the_cache(tmp_path):
+    """data.num_workers=auto: no worker processes for a CPU run over images held in memory, some when reading
+    from disk; a bad value names the key."""
+    import os
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from segkit.data import FolderSource, SegmentationDataModule
+
+    for d in ("images", "masks", "splits"):
+        (tmp_path / d).mkdir()
+    for i in range(4):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / f"{i}.png")
+    (tmp_path / "splits" / "train.txt").write_text("0\n1\n2\n")
+    (tmp_path / "splits" / "val.txt").write_text("3\n")
+    cached = SegmentationDataModule(FolderSource(str(tmp_path)), num_classes=2, batch_size=2, num_workers="auto")
+    assert cached.train_dataloader().num_workers == 0
+    on_disk = SegmentationDataModule(FolderSource(str(tmp_path)), num_classes=2, batch_size=2, num_workers="auto",
+                                     cache=False, persistent_workers=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    loader = on_disk.train_dataloader()
+    assert loader.num_workers == min(4, cores // 2)
+    assert loader.persistent_workers == (loader.num_workers > 0)
+    with pytest.raises(ValueError, match="data.num_workers must be auto or a number"):
+        SegmentationDataModule(FolderSource(str(tmp_path)), num_classes=2, num_workers="many")
