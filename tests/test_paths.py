@@ -273,3 +273,24 @@ def test_every_augmentation_takes_any_channel_count_and_bit_depth(augment, tmp_p
                 assert out["image"].shape[:2] == out["mask"].shape
                 if dtype == np.float32:
                     assert 0.0 <= out["image"].min() and out["image"].max() <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["rgb8", "gray16"])
+def test_cache_size_estimate_matches_the_decoded_arrays(kind, tmp_path):
+    """data.cache=auto decides from file headers; the estimate must be the memory the decoded samples really take."""
+    from segkit.data import FolderSource
+    from segkit.data.dataset import SegmentationDataset
+
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        if kind == "rgb8":
+            Image.fromarray(np.full((20, 30, 3), i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        else:
+            Image.fromarray(np.full((20, 30), 1000 * i, np.uint16)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "masks" / f"{i}.png")
+    samples = FolderSource(str(tmp_path), val_ratio=0.0).samples("train")
+    dataset = SegmentationDataset(samples, num_classes=2, channels=None)
+    estimate = dataset.decoded_bytes_estimate()
+    dataset.preload()
+    assert estimate == sum(image.nbytes + mask.nbytes for image, mask in dataset._cache)

@@ -64,7 +64,9 @@ class SegmentationDataset(Dataset):
             try:
                 with Image.open(image_path) as img:
                     w, h = img.size
-                total += w * h * (max(1, self.channels or len(img.getbands())) * 4 + 1)
+                    # 8-bit files stay uint8 in memory; 16/32-bit and float ones become float32 (read_image)
+                    depth = 1 if img.mode in ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr") else 4
+                total += w * h * (max(1, self.channels or len(img.getbands())) * depth + 1)
             except Exception:  # unreadable header or a format PIL does not parse: assume 4x its file size
                 total += 4 * image_path.stat().st_size if image_path.is_file() else 0
         return total
