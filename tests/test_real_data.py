@@ -135,10 +135,11 @@ def test_resolve_auto_leaves_user_set_values_alone(tmp_path):
 def test_other_auto_values_keep_their_own_meaning(tmp_path):
     images = [np.zeros((8, 8), np.uint8)] * 2
     stats = measure(write_folder(tmp_path, images, [np.zeros((8, 8), np.uint8)] * 2), "train", num_classes=1)
-    cfg = _auto_cfg(cache="auto")
-    cfg.trainer = {"channels_last": "auto"}
+    cfg = _auto_cfg(cache="auto", num_workers="auto")
+    cfg.callbacks = {"speed": {"channels_last": "auto"}}
     resolve_auto(cfg, stats)
-    assert cfg.data.cache == "auto" and cfg.trainer.channels_last == "auto" and cfg.data.crop_size == 32
+    assert cfg.data.cache == "auto" and cfg.data.num_workers == "auto" and cfg.data.crop_size == 32
+    assert cfg.callbacks.speed.channels_last == "auto"
 
 
 def test_imbalance_rule_triggers_on_the_hard_preset_and_not_on_balanced_data(tmp_path):

@@ -8,7 +8,7 @@ class frequencies decide whether the loss needs help with rare classes, and the 
         log.info(line)          # "data.crop_size=224: chose ... because ..."
 
 Only the keys listed in :func:`resolve_auto` whose value is the string ``"auto"`` are touched; a value the user set
-always wins, and other ``auto`` values (``trainer.channels_last``) keep their own meaning.
+always wins, and other ``auto`` values (``callbacks.speed.channels_last``, ``data.num_workers``) keep their own meaning.
 """
 from __future__ import annotations
 
@@ -38,24 +38,11 @@ _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L") and 
 
 
 def read_native(path: Path) -> np.ndarray:
-    """An image as ``(H, W, C)``: uint8 for 8-bit files, float32 in 0-1 for 16-bit (divided by 65535) and float
-    files; segkit's image-reading contract, without channel conversion."""
-    from segkit.data import io
+    """An image as ``(H, W, C)`` in its own channels: segkit's reader (uint8 for 8-bit files, float32 in 0-1 for
+    16-bit ones, float files as stored), without channel conversion."""
+    from segkit.data.io import read_image
 
-    try:  # segkit's own reader once it keeps native channels (read_image(path, channels=None))
-        return io.read_image(path, channels=None)  # type: ignore[call-arg]
-    except TypeError:
-        pass
-    img = io._open(Path(path), "image")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img).astype(np.float32) / np.float32(65535.0)
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-    elif img.mode in ("L", "RGB", "RGBA"):
-        arr = np.asarray(img)
-    else:
-        arr = np.asarray(img.convert("RGB"))
-    return arr[..., None] if arr.ndim == 2 else arr
+    return read_image(path, channels=None)
 
 
 @dataclass
@@ -191,8 +178,8 @@ DATA_KEYS = ("data.in_channels", "data.mean", "data.std", "data.crop_size", "dat
 
 
 def planned_keys(cfg: DictConfig) -> List[str]:
-    """The ``auto`` keys that :func:`resolve_auto` decides; other ``auto`` values (``trainer.channels_last``,
-    ``data.cache``) keep their own meaning and are left alone."""
+    """The ``auto`` keys that :func:`resolve_auto` decides; other ``auto`` values (``callbacks.speed.channels_last``,
+    ``data.cache``, ``data.num_workers``) keep their own meaning and are left alone."""
     return [k for k in auto_keys(cfg) if k in DATA_KEYS
             or (k.startswith("task.loss.") and (k.endswith(".weights.dice") or k.endswith(".class_weights")))]
 
