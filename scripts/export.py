@@ -29,7 +29,9 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"format={cfg.format!r}: choose one of {sorted(SUFFIX) + ['pretrained']}")
     task, _ = load_task_from_checkpoint(cfg.ckpt_path, cfg.get("allowed_targets") or ())
     out = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(SUFFIX[cfg.format])
-    input_dtype = str(cfg.get("input_dtype", "uint8"))
+    input_dtype = str(cfg.get("input_dtype") or "auto")
+    if input_dtype == "auto":  # what the training images were read as: uint8 for 8-bit, float32 0-1 otherwise
+        input_dtype = task.spec.image_dtype
     if cfg.format == "onnx":
         export_onnx(task, out, cfg.example_size, input_dtype=input_dtype)
     elif cfg.format == "torchscript":

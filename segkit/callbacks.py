@@ -22,12 +22,12 @@ class EpochSummary(L.Callback):
     """
 
     def __init__(self) -> None:
-        self._start, self._images, self._val_seconds = time.perf_counter(), 0, 0.0
-        self._val_start: Optional[float] = None
+        self.on_train_epoch_start()
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_start(self, *args: Any) -> None:
         self._start, self._images, self._val_seconds = time.perf_counter(), 0, 0.0
         self._val_start: Optional[float] = None
+        self._validated = False
 
     def _train_seconds(self) -> float:
         return time.perf_counter() - self._start - self._val_seconds
@@ -47,16 +47,19 @@ class EpochSummary(L.Callback):
         if self._val_start is not None:
             self._val_seconds += time.perf_counter() - self._val_start
             self._val_start = None
+            self._validated = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = self._train_seconds()
         metrics = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch}"]
-        for key in ("train/loss_epoch", "val/loss", "val/mIoU", "val/pixel_accuracy"):
+        keys = ("train/loss_epoch", "val/loss", "val/mIoU", "val/pixel_accuracy") if self._validated else \
+            ("train/loss_epoch",)  # no validation this epoch: the last one's values would look current
+        for key in keys:
             if key in metrics:
                 parts.append(f"{key.replace('_epoch', '')} {float(metrics[key]):.4f}")
         parts += [f"{elapsed:.1f} s train", f"{self._images / max(elapsed, 1e-9):.0f} img/s"]
-        if self._val_seconds:
+        if self._validated:
             parts.append(f"{self._val_seconds:.1f} s val")
         rank_zero_info(" | ".join(parts))
 

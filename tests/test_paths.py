@@ -158,6 +158,7 @@ def test_non_rgb_images_end_to_end(kind, channels, tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
     spec = torch.load(ckpt, weights_only=True)["segkit"]["spec"]
     assert spec["in_channels"] == channels and len(spec["mean"]) == channels
+    assert spec["image_dtype"] == "float32"  # 16-bit files are read as float 0-1, so exports take that by default
     pixels = []
     for name in (root / "splits" / "train.txt").read_text().split():
         from segkit.data.io import read_image
@@ -177,6 +178,15 @@ def test_non_rgb_images_end_to_end(kind, channels, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from segkit.export import export_onnx
     from segkit.pipeline import load_task_from_checkpoint
+
+    import subprocess
+    import sys
+
+    out = tmp_path / "script.onnx"
+    proc = subprocess.run([sys.executable, "scripts/export.py", f"ckpt_path={ckpt}", f"output={out}", "example_size=32"],
+                          cwd=Path(__file__).parent.parent, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.with_suffix(".json").read_text())["input"]["dtype"] == "float32"  # input_dtype=auto
 
     task, _ = load_task_from_checkpoint(str(ckpt))
     path = export_onnx(task, tmp_path / "m.onnx", example_size=32, input_dtype="float32")

@@ -87,13 +87,15 @@ def test_sanity_validation_steps_and_epoch_summary(tmp_path, shared_data_dir, ca
     """trainer.num_sanity_val_steps > 0 runs validation before the first epoch: the epoch summary must not count it."""
     import logging
 
-    cfg = compose_cfg("train", ["model=unet_small", *SMALL_MODEL["unet"], *TINY_DATA, "trainer.max_epochs=1",
-                                "trainer.num_sanity_val_steps=2", "logger=csv"], tmp_path, shared_data_dir)
+    cfg = compose_cfg("train", ["model=unet_small", *SMALL_MODEL["unet"], *TINY_DATA, "trainer.max_epochs=2",
+                                "trainer.check_val_every_n_epoch=2", "trainer.num_sanity_val_steps=2", "logger=csv"],
+                      tmp_path, shared_data_dir)
     with caplog.at_level(logging.INFO):
         metrics = train(cfg)
     assert 0.0 <= metrics["mIoU"] <= 1.0
-    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 0 |")]
-    assert "img/s" in line
+    lines = {m.split(" |")[0]: m for m in (r.getMessage() for r in caplog.records) if m.startswith("epoch ")}
+    assert "img/s" in lines["epoch 0"] and "val/mIoU" not in lines["epoch 0"]  # the sanity check is not a validation
+    assert "val/mIoU" in lines["epoch 1"] and "s val" in lines["epoch 1"]
 
 
 def test_train_evaluate_predict_agree(tmp_path, shared_data_dir):

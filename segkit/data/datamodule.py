@@ -85,8 +85,9 @@ class SegmentationDataModule(L.LightningDataModule):
         """The :class:`DataSpec`; measuring ``mean``/``std`` from the training images the first time if unset."""
         if self._spec is None:
             mean_std = self._mean_std
+            floats = self._float_images()
             if mean_std is None:
-                if self.in_channels == 3 and not self._float_images():
+                if self.in_channels == 3 and not floats:
                     mean_std = (list(IMAGENET_MEAN), list(IMAGENET_STD))
                     why = "ImageNet's (3-channel 8-bit images)"
                 else:
@@ -94,7 +95,8 @@ class SegmentationDataModule(L.LightningDataModule):
                     why = "measured on the training images"
                 rank_zero_info(f"data.mean={[round(v, 4) for v in mean_std[0]]} data.std="
                                f"{[round(v, 4) for v in mean_std[1]]}: {why}")
-            self._spec = DataSpec(**self._spec_args, mean=mean_std[0], std=mean_std[1])
+            self._spec = DataSpec(**self._spec_args, mean=mean_std[0], std=mean_std[1],
+                                  image_dtype="float32" if floats else "uint8")
         return self._spec
 
     def _float_images(self) -> bool:

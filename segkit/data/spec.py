@@ -32,7 +32,8 @@ class DataSpec:
     """Labels and inputs of a dataset.
 
     ``mean``/``std`` are per input channel in 0-1 units: images arrive as uint8 (divided by 255) or as float in 0-1
-    (16-bit and float sources are scaled to 0-1 when read), then ``(x - mean) / std``.
+    (16-bit and float sources are scaled to 0-1 when read), then ``(x - mean) / std``. ``image_dtype`` says which
+    (``uint8`` or ``float32``): what the training images were read as, so exports take the same by default.
     """
 
     num_classes: int
@@ -42,6 +43,7 @@ class DataSpec:
     in_channels: int = 3
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    image_dtype: str = "uint8"
 
     def __post_init__(self) -> None:
         self.num_classes = int(self.num_classes)
@@ -71,6 +73,8 @@ class DataSpec:
                                  "them from the training images")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"data.std must be positive, got {self.std}")
+        if self.image_dtype not in ("uint8", "float32"):
+            raise ValueError(f"image_dtype must be uint8 or float32, got {self.image_dtype!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain types only (safe for ``torch.load(weights_only=True)``)."""

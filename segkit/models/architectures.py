@@ -31,15 +31,17 @@ class UNet(Segmenter):
     smp; ``"conv_transpose"``, ``"resize_conv"``, ``"pixel_shuffle"`` learn it at the decoder's narrower width).
 
     ``encoder_weights`` (every architecture): ``None``, a local state dict file, or a weights name (``"DEFAULT"``).
+    ``head_kernel=3`` (default): the classifier is a 3x3 conv over the last full-resolution map (16 channels on
+    ResNets; as smp's U-Net), which sees each pixel's neighbourhood; 1 for a pointwise classifier.
     """
 
     def __init__(self, encoder: Encoder = "unet", num_classes: int = 2, in_channels: int = 3,
                  output_stride: Optional[int] = None, upsampler: UpsamplerSpec = "nearest",
                  decoder_channels: Optional[Sequence[int]] = None, encoder_weights: WeightsSpec = None,
-                 encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
+                 encoder_kwargs: Optional[Dict[str, Any]] = None, head_kernel: int = 3) -> None:
         enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
         dec = UNetDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), decoder_channels)
-        super().__init__(enc, dec, num_classes)
+        super().__init__(enc, dec, num_classes, head_kernel=head_kernel)
         nn.init.zeros_(self.head.bias)  # no class favoured at the start; weights keep PyTorch's small uniform init
 
 

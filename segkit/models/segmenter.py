@@ -27,18 +27,21 @@ class Segmenter(nn.Module):
     ``forward_with_aux(x)``, returns ``(logits, aux_logits)`` (``None`` without an aux head); training uses it.
     Both go through ``__call__``, so a ``module.compile()``-d model runs compiled either way.
     ``logits_upsampler`` (any segkit upsampler, called with the input size) brings coarse logits to full size;
-    ``None`` means bilinear interpolation.
+    ``None`` means bilinear interpolation. ``head_kernel``: kernel size of the classifier conv (1, or 3 for a
+    classifier that sees its neighbourhood, as U-Nets at full resolution use).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, num_classes: int,
                  aux_head: Optional[nn.Module] = None, aux_index: int = -2,
-                 logits_upsampler: Optional[nn.Module] = None) -> None:
+                 logits_upsampler: Optional[nn.Module] = None, head_kernel: int = 1) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.encoder = encoder
         self.decoder = decoder
-        self.head = nn.Conv2d(decoder.out_channels, num_classes, 1)
+        if head_kernel not in (1, 3, 5):
+            raise ValueError(f"head_kernel must be 1, 3 or 5, got {head_kernel}")
+        self.head = nn.Conv2d(decoder.out_channels, num_classes, head_kernel, padding=head_kernel // 2)
         self.aux_head = aux_head
         self.aux_index = aux_index
         self.logits_upsampler = logits_upsampler

@@ -31,8 +31,9 @@ class ConvTransposeUpsample(nn.Module):
 
     Defaults: ``stride = scale_factor``, ``padding = stride // 2``, ``kernel_size = 2 * padding + 1``
     (3/2/1 for 2x): this configuration reaches every size from ``stride*n - stride + 1`` to ``stride*n`` through
-    ``output_padding``, which :meth:`forward` computes from the requested ``size``. Any kernel, stride, padding,
-    dilation and fixed ``output_padding`` can be set. ``bilinear_init=True`` starts it as bilinear interpolation
+    ``output_padding``, which :meth:`forward` computes from the requested ``size`` (decoders always pass one; the
+    constructor's ``output_padding`` only applies to calls without a size). Any kernel, stride, padding and
+    dilation can be set. ``bilinear_init=True`` starts it as bilinear interpolation
     (FCN): per channel when ``in_channels == out_channels``, else each output channel as the upsampled mean.
     """
 
