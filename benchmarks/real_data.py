@@ -16,7 +16,8 @@ Rows (``--runs``):
 - ``segkit-net``: segkit's ``UNet(encoder="resnet18")`` in the same plain loop, to separate network from pipeline.
 
 Plain loops validate every ``max(1, epochs // 10)`` epochs and at the end; they report the best and the last
-validation mIoU. mIoU comes from a confusion matrix over the whole split; classes absent from both prediction and
+validation mIoU. Every row runs in its own Python process and its wall time is that process's, start to exit
+(interpreter start, imports, data loading, training, validation), measured the same way for all three. mIoU comes from a confusion matrix over the whole split; classes absent from both prediction and
 target are left out of the mean. Per-class IoU and wall times are written as a markdown table to ``--out``.
 """
 from __future__ import annotations
@@ -212,6 +213,24 @@ def table(results: Dict[str, Dict[str, Dict]], infos: Dict[str, Dict], epochs: i
     return "\n".join(lines)
 
 
+def plain_loop_process(run: str, root: Path, args: argparse.Namespace) -> Dict:
+    """A plain loop in a fresh Python process, timed from outside as ``segkit`` is: both rows then include the
+    interpreter start, imports and data loading a user waits for."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", run, "--datasets", str(root),
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+           "--seed", str(args.seed), "--loss", args.loss]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{run} failed (exit {proc.returncode}):\n" + proc.stderr[-2000:])
+    *progress, last = proc.stdout.strip().splitlines()
+    print("\n".join(progress), flush=True)
+    row = json.loads(last)
+    row["loop_seconds"], row["seconds"] = row["seconds"], seconds
+    return row
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="brain_tissue,nuclei",
@@ -226,7 +245,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "real_data")
     parser.add_argument("--loss", choices=("ce", "ce_dice"), default="ce", help="loss of the plain loops")
     parser.add_argument("--segkit-args", default="", help="extra space-separated overrides for scripts/train.py")
+    parser.add_argument("--child", choices=("smp", "segkit-net"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:  # one plain loop, its result as JSON on the last line (see plain_loop_process)
+        root = Path(args.datasets).resolve()
+        row = plain_loop(smp_net if args.child == "smp" else segkit_net, root, dataset_info(root), args.epochs,
+                         args.batch_size, args.lr, args.seed, loss=args.loss)
+        print(json.dumps(row), flush=True)
+        return row
     runs = [r for r in args.runs.split(",") if r]
     unknown = set(runs) - set(RUNS)
     if unknown:
@@ -245,8 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                                                 args.seed, (args.work_dir / root.name).resolve(),
                                                 args.segkit_args.split())
                 else:
-                    rows[run] = plain_loop(smp_net if run == "smp" else segkit_net, root.resolve(), info,
-                                           args.epochs, args.batch_size, args.lr, args.seed, loss=args.loss)
+                    rows[run] = plain_loop_process(run, root.resolve(), args)
             except Exception as exc:  # one failing row must not lose the others' numbers
                 rows[run] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"[{root.name}] {run}: {json.dumps(rows[run])}", flush=True)
