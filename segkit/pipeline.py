@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -51,9 +52,22 @@ def ensure_writable(directory: Path, what: str = "output directory") -> None:
                               "paths.output_dir=... or free space/permissions there") from None
 
 
-def _instantiate_group(cfg: Optional[DictConfig]) -> List[Any]:
-    """Every node with a ``_target_`` in a group such as ``callbacks`` or ``logger``."""
-    return [instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
+def _instantiate_group(cfg: Optional[DictConfig], group: str) -> List[Any]:
+    """Every node with a ``_target_`` in a group such as ``callbacks`` or ``logger``. A node whose package is not
+    installed (``logger=mlflow`` without the mlflow extra) fails with the config key and the install command."""
+    objects = []
+    for key, node in (cfg or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        try:
+            objects.append(instantiate(node))
+        except InstantiationException as exc:
+            if not isinstance(exc.__cause__, ImportError):
+                raise
+            raise ImportError(f"{group}.{key} ({node._target_}) needs a package that is not installed: "
+                              f"{exc.__cause__}. Install it (pip install -e '.[{key}]' for segkit's extras) or "
+                              f"drop {group}.{key} from the run") from None
+    return objects
 
 
 def dry_run(net: torch.nn.Module, crop_size: Optional[int], batch_size: int = 2) -> None:
@@ -109,14 +123,15 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any
 
     from segkit.data.plan import plan_from_config, planned_keys
 
+    loggers = _instantiate_group(cfg.get("logger"), "logger")  # before the data is read: a missing extra fails fast
     if planned_keys(cfg):  # values left as `auto`: the training data decides, and the log says why
         for line in plan_from_config(cfg, instantiate(cfg.data.source)):
             rank_zero_info(f"plan: {line}")
     datamodule = instantiate(cfg.data)
     task = build_task(cfg, datamodule)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_group(cfg.get("callbacks")), *extra_callbacks],
-                          logger=_instantiate_group(cfg.get("logger")) or False)
+    trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_group(cfg.get("callbacks"), "callbacks"),
+                                                      *extra_callbacks], logger=loggers or False)
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
