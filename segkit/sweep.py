@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,11 @@ def _optuna():
     except ImportError:
         raise SystemExit("scripts/sweep.py needs Optuna: pip install -c constraints.txt -e '.[sweep]'") from None
     return optuna
+
+
+def search_space(sweep_cfg: DictConfig) -> Dict[str, Any]:
+    """``sweep.params`` when given (it replaces the default space), else ``sweep.default_params``."""
+    return OmegaConf.to_container(sweep_cfg.get("params") or sweep_cfg.get("default_params") or {}, resolve=True)
 
 
 def check_space(params: Mapping[str, Any]) -> None:
@@ -84,11 +91,49 @@ class OptunaReport(L.Callback):
         self.trial, self.monitor = trial, monitor
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        # only validations inside fit: the final `trainer.validate` of the best checkpoint is the trial's value,
+        # not a step to prune on (a finished trial below the median would be thrown away)
+        if (trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+                or self.monitor not in trainer.callback_metrics):
             return
         self.trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
         if self.trial.should_prune():
             raise _optuna().TrialPruned(f"{self.monitor} at epoch {trainer.current_epoch}")
+
+
+def _quoted(value: str) -> str:
+    """A Hydra override value that keeps ``,``, ``=``, spaces or brackets in a path literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _device_count(devices: Any, accelerator: Any) -> int:
+    """How many devices a Trainer given ``devices``/``accelerator`` would use (``auto``: every visible GPU)."""
+    if isinstance(devices, str):
+        text = devices.replace(" ", "")
+        if text == "auto":
+            import torch
+
+            return 1 if str(accelerator) == "cpu" else max(1, torch.cuda.device_count())
+        if "," not in text and text.lstrip("-").isdigit():
+            devices = int(text)
+        else:
+            return len([p for p in text.split(",") if p])
+    if isinstance(devices, int):
+        return 2 if devices == -1 else devices  # -1: all devices, counted as several
+    return len(devices)
+
+
+def check_single_process(cfg: DictConfig) -> None:
+    """Trials run one after another in this process. Several devices would start one process per device, each
+    running its own study loop against the same study: refuse that, naming the keys."""
+    t = cfg.get("trainer") or {}
+    devices, strategy = t.get("devices", 1), str(t.get("strategy", "auto"))
+    nodes = int(t.get("num_nodes", 1) or 1)
+    if _device_count(devices, t.get("accelerator", "auto")) > 1 or nodes > 1 or "ddp" in strategy \
+            or "fsdp" in strategy:
+        raise ValueError(f"scripts/sweep.py runs its trials one after another on one device, but the train config "
+                         f"asks for trainer.devices={devices}, trainer.num_nodes={nodes}, trainer.strategy={strategy}:"
+                         " set trainer.devices=1 trainer.num_nodes=1 trainer.strategy=auto")
 
 
 def _sampler(optuna: Any, name: str, seed: Optional[int]):
@@ -119,24 +164,30 @@ def run_sweep(sweep_cfg: DictConfig, base_overrides: Sequence[str], sweep_dir: P
     from segkit.pipeline import train
 
     optuna = _optuna()
-    params = OmegaConf.to_container(sweep_cfg.params, resolve=True)
+    params = search_space(sweep_cfg)
     check_space(params)
     clash = sorted({o.split("=", 1)[0].lstrip("+~") for o in base_overrides} & set(params))
     if clash:
         raise ValueError(f"{', '.join(clash)}: set on the command line and swept in sweep.params; drop one of them")
     for values in _probe_values(params):  # every choice composes before the first trial, or fail now
         compose_train([*base_overrides, *suggest(optuna.trial.FixedTrial(values), params)])
+    check_single_process(compose_train(list(base_overrides)))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = _sampler(optuna, sweep_cfg.sampler, seed)  # checked before the study file is created
     study = optuna.create_study(study_name=sweep_cfg.study_name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
-                                direction="maximize", load_if_exists=True,
-                                sampler=_sampler(optuna, sweep_cfg.sampler, seed),
+                                direction="maximize", load_if_exists=True, sampler=sampler,
                                 pruner=_pruner(optuna, sweep_cfg.pruner))
+    if study.trials:  # resumed: new draws (the same seed would replay the first trials), interrupted trials failed
+        study.sampler = _sampler(optuna, sweep_cfg.sampler, None if seed is None else seed + len(study.trials))
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
+            log.info("trial %d was interrupted in an earlier run: marked failed", stale.number)
 
     def objective(trial: Any) -> float:
         sampled = suggest(trial, params)
         run_dir = sweep_dir / f"trial_{trial.number:03d}"
-        cfg = compose_train([*base_overrides, *sampled, f"paths.output_dir={run_dir}"])
+        cfg = compose_train([*base_overrides, *sampled, f"paths.output_dir={_quoted(str(run_dir))}"])
         log.info("trial %d: %s", trial.number, " ".join(sampled))
         trial.set_user_attr("overrides", sampled)
         trial.set_user_attr("run_dir", str(run_dir))
@@ -144,8 +195,10 @@ def run_sweep(sweep_cfg: DictConfig, base_overrides: Sequence[str], sweep_dir: P
         log.info("trial %d: val mIoU %.4f (%s)", trial.number, metrics["mIoU"], run_dir)
         return float(metrics["mIoU"])
 
+    # a trial that fails (out of memory at a large swept crop, a crop larger than the images) is logged by Optuna
+    # with its parameters and the sweep goes on; errors in the sweep itself still stop it
     study.optimize(objective, n_trials=int(sweep_cfg.n_trials), timeout=sweep_cfg.get("timeout"),
-                   gc_after_trial=True)
+                   gc_after_trial=True, catch=(RuntimeError, ValueError))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise RuntimeError(f"no trial of the sweep in {sweep_dir} completed (all pruned or failed)")
@@ -158,7 +211,7 @@ def run_sweep(sweep_cfg: DictConfig, base_overrides: Sequence[str], sweep_dir: P
 
     write_json_atomic(sweep_dir / "best.json", result)
     log.info("best: trial %d, val mIoU %.4f\n  python scripts/train.py %s", best.number, best.value,
-             " ".join([*base_overrides, *result["overrides"]]))
+             " ".join(shlex.quote(o) for o in [*base_overrides, *result["overrides"]]))
     log.info("sweep directory: %s (%s)", sweep_dir, json.dumps(result["trials"]))
     return result
 

@@ -60,9 +60,47 @@ def test_two_trial_sweep_trains_each_trial_with_its_sampled_overrides(tmp_path):
     best = json.loads((sweep_dir / "best.json").read_text())
     assert best["value"] == max(t.value for t in study.trials)
 
-    # the same sweep directory again: the study continues (resume / extend)
+    # the same sweep directory again: the study continues (resume / extend) with new draws, not a replay of the
+    # first trials under the same seed; a trial left running by an interrupted sweep is marked failed
+    study.ask()  # an interrupted trial: RUNNING forever in the stored study
     run_sweep(_sweep_cfg(1, **params), TOY, sweep_dir, _composer(tmp_path), seed=0)
-    assert len(optuna.load_study(study_name="segkit", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").trials) == 3
+    trials = optuna.load_study(study_name="segkit", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").trials
+    states = [t.state.name for t in trials]
+    assert len(trials) == 4 and states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"], states
+    assert trials[3].params["task.optimizer.lr"] not in [t.params["task.optimizer.lr"] for t in trials[:2]]
+
+
+def test_final_validation_of_a_trial_is_never_pruned(tmp_path):
+    """train() validates the best checkpoint after fit: that is the trial's value, not a step for the pruner (a
+    finished trial below the median would otherwise be thrown away)."""
+    from segkit.pipeline import train
+    from segkit.sweep import OptunaReport
+
+    class Trial:  # prunes any report at or after the last epoch: only a post-fit report could reach it
+        steps = []
+
+        def report(self, value, step):
+            self.steps.append(step)
+
+        def should_prune(self):
+            return self.steps[-1] >= 2
+
+    trial = Trial()
+    metrics = train(_composer(tmp_path)([*TOY, f"paths.output_dir={tmp_path / 'run'}"]),
+                    extra_callbacks=[OptunaReport(trial)])
+    assert trial.steps == [0, 1]
+    assert metrics["mIoU"] == json.loads((tmp_path / "run" / "metrics.json").read_text())["mIoU"]
+
+
+def test_sweep_refuses_several_devices():
+    from segkit.sweep import check_single_process
+
+    for trainer in [{"devices": 2}, {"devices": "0,1"}, {"devices": -1}, {"devices": [0, 1]},
+                    {"devices": 1, "strategy": "ddp"}, {"devices": 1, "num_nodes": 2}]:
+        with pytest.raises(ValueError, match="set trainer.devices=1"):
+            check_single_process(OmegaConf.create({"trainer": trainer}))
+    for trainer in [{"devices": 1}, {"devices": "1"}, {"devices": [0]}, {"devices": "auto", "accelerator": "cpu"}]:
+        check_single_process(OmegaConf.create({"trainer": trainer}))
 
 
 def test_sweep_refuses_bad_spaces_before_training(tmp_path):
@@ -80,6 +118,18 @@ def test_sweep_refuses_bad_spaces_before_training(tmp_path):
     cfg = _sweep_cfg(2, **{"task.optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-2}})
     with pytest.raises(ValueError, match="task.optimizer.lr: set on the command line and swept"):
         run_sweep(cfg, [*TOY, "task.optimizer.lr=0.1"], tmp_path / "s", _composer(tmp_path), seed=0)
+
+
+def test_command_line_params_replace_the_default_space():
+    from segkit.sweep import search_space
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        default = compose("sweep", overrides=["paths.root_dir=.", "paths.output_dir=."]).sweep
+        mine = compose("sweep", overrides=["paths.root_dir=.", "paths.output_dir=.",
+                                           "sweep.params={task.optimizer.lr:{type:float,low:1e-4,high:1e-2}}"]).sweep
+    assert set(search_space(default)) == {"task.optimizer.lr", "task.optimizer.weight_decay", "task/loss",
+                                          "model/upsampler", "data.crop_size"}
+    assert search_space(mine) == {"task.optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}
 
 
 def test_suggest_builds_overrides_for_every_type():
