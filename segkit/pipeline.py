@@ -52,6 +52,11 @@ def ensure_writable(directory: Path, what: str = "output directory") -> None:
                               "paths.output_dir=... or free space/permissions there") from None
 
 
+# config targets whose packages are segkit extras (pyproject.toml), for the install hint of a missing one
+EXTRAS = {"lightning.pytorch.loggers.MLFlowLogger": "mlflow", "segkit.tracking.MLflowTracking": "mlflow",
+          "lightning.pytorch.loggers.WandbLogger": "wandb"}
+
+
 def _instantiate_group(cfg: Optional[DictConfig], group: str) -> List[Any]:
     """Every node with a ``_target_`` in a group such as ``callbacks`` or ``logger``. A node whose package is not
     installed (``logger=mlflow`` without the mlflow extra) fails with the config key and the install command."""
@@ -62,11 +67,13 @@ def _instantiate_group(cfg: Optional[DictConfig], group: str) -> List[Any]:
         try:
             objects.append(instantiate(node))
         except InstantiationException as exc:
-            if not isinstance(exc.__cause__, ImportError):
+            if not isinstance(exc.__cause__, ModuleNotFoundError):
                 raise
+            extra = EXTRAS.get(node._target_)
+            how = f"install the extra: pip install -c constraints.txt -e '.[{extra}]'" if extra else \
+                "install the package it names"
             raise ImportError(f"{group}.{key} ({node._target_}) needs a package that is not installed: "
-                              f"{exc.__cause__}. Install it (pip install -e '.[{key}]' for segkit's extras) or "
-                              f"drop {group}.{key} from the run") from None
+                              f"{exc.__cause__}. To use it, {how}; or drop {group}.{key} from the run") from None
     return objects
 
 
@@ -170,7 +177,14 @@ def load_task_from_checkpoint(ckpt_path: str, allowed=()) -> tuple[Any, DictConf
     net = instantiate(cfg.model)
     task = instantiate(cfg.task, net=net, spec=DataSpec.from_dict(spec))
     task.run_config = ckpt["segkit"]["config"]
-    task.load_state_dict(ckpt["state_dict"])
+    try:
+        task.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:  # missing/unexpected keys or shapes: the model code changed since it was saved
+        detail = " ".join(str(exc).split())[:600]
+        raise ValueError(f"the weights in {ckpt_path} do not fit the model that its stored config builds with this "
+                         f"segkit ({cfg.model.get('_target_')}): {detail}. It was most likely written by an older "
+                         "segkit whose layers differ (the U-Net and DeepLabV3+ decoders changed on 2026-11-22); "
+                         "evaluate it with the version that trained it, or retrain") from None
     return task.eval(), cfg
 
 
@@ -243,6 +257,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     report_images = int(cfg.get("report_images", 8))
     task.per_image = [] if report_images > 0 else None
     trainer = inference_trainer(cfg)
+    datamodule.trainer = trainer  # data.num_workers=auto follows the device, as in training
     start = time.perf_counter()
     trainer.validate(task, dataloaders=datamodule.eval_dataloader(split), verbose=False)
     seconds = time.perf_counter() - start

@@ -285,6 +285,26 @@ def test_every_augmentation_takes_any_channel_count_and_bit_depth(augment, tmp_p
                     assert 0.0 <= out["image"].min() and out["image"].max() <= 1.0
 
 
+def test_foreground_crops_find_small_objects(tmp_path):
+    """data/augment=scale_crop_foreground: about a third of the crops hold labelled foreground even when it covers
+    0.1% of a large image (random crops almost never would), and padding is ignore_index, never a class."""
+    cfg = compose_cfg("train", ["data=folder", "data/augment=scale_crop_foreground", "data.crop_size=32",
+                                "data.in_channels=3", "data.source.root=unused"], tmp_path)
+    transform = instantiate(cfg.data.train_transform)
+    rng = np.random.default_rng(0)
+    np.random.seed(0)
+    image = (rng.random((200, 240, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((200, 240), np.uint8)
+    mask[150:157, 30:37] = 2  # 49 px of 48,000
+    mask[:, :4] = cfg.data.ignore_index
+    draws = [transform(image=image, mask=mask)["mask"] for _ in range(300)]
+    with_fg = np.mean([(m == 2).any() for m in draws])
+    assert 0.2 < with_fg < 0.55, with_fg
+    small = [transform(image=image[:10, :10], mask=mask[:10, :10])["mask"] for _ in range(5)]  # padded to 32x32
+    assert all(m.shape == (32, 32) and set(np.unique(m)) <= {0, cfg.data.ignore_index} for m in small)
+    assert any((m == cfg.data.ignore_index).sum() > 10 * 4 for m in small)
+
+
 @pytest.mark.parametrize("kind", ["rgb8", "gray16"])
 def test_cache_size_estimate_matches_the_decoded_arrays(kind, tmp_path):
     """data.cache=auto decides from file headers; the estimate must be the memory the decoded samples really take."""

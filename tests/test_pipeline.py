@@ -71,7 +71,7 @@ def test_every_config_option_composes_and_instantiates(group, option, tmp_path, 
                 assert all(obj is not None for obj in _instantiate_group(cfg[node], node))
                 monkeypatch.setattr(f"lightning.pytorch.loggers.{option}._{option.upper()}_AVAILABLE", False)
             # without the extra, train() stops before reading data, naming the key and the install command
-            with pytest.raises(ImportError, match=rf"logger\.{option} .*pip install -e '\.\[{option}\]'"):
+            with pytest.raises(ImportError, match=rf"logger\.{option} .*pip install .* -e '\.\[{option}\]'"):
                 _instantiate_group(cfg[node], node)
             return
         assert all(obj is not None for obj in _instantiate_group(cfg[node], node))

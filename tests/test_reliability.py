@@ -1,6 +1,7 @@
 """Bad input gets a clear error naming the file or key; nothing unsafe is loaded or instantiated."""
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -294,3 +295,26 @@ def test_nan_skip_refused_with_several_processes():
         task.setup("fit")
     task._trainer = type("FakeTrainer", (), {"world_size": 1})()
     task.setup("fit")
+
+
+def test_checkpoint_from_an_older_model_gets_a_clear_error(tmp_path):
+    """Weights that no longer fit the model their stored config builds (layers changed between versions): a
+    ValueError naming the checkpoint, not load_state_dict's size-mismatch trace."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+    from segkit.pipeline import build_task, load_task_from_checkpoint
+
+    cfg = compose_cfg("train", ["model=unet", "model.encoder=resnet18", "model.head_kernel=3", "task/loss=ce"],
+                      tmp_path)
+    task = build_task(cfg, instantiate(cfg.data))
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    stored["model"]["head_kernel"] = 1  # what the config rebuilds differs from the saved weights
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": task.state_dict(), "segkit": {"config": stored, "spec": task.spec.to_dict()}}, path)
+    with pytest.raises(ValueError, match=rf"the weights in {re.escape(str(path))} do not fit .*older segkit"):
+        load_task_from_checkpoint(str(path))
+    stored["model"]["head_kernel"] = 3
+    torch.save({"state_dict": task.state_dict(), "segkit": {"config": stored, "spec": task.spec.to_dict()}}, path)
+    assert load_task_from_checkpoint(str(path))[0].net.num_classes == task.net.num_classes

@@ -112,6 +112,21 @@ def test_repeat_factor_sampling_in_the_datamodule(tmp_path):
     assert abs(rare_share("uniform") - 0.1) < 1e-9
     # factor sqrt(0.5 / 0.1) for the two rare images, 1 for the others: share 2 * 2.236 / (2 * 2.236 + 18)
     assert abs(rare_share("repeat_factor") - 2 * 5 ** 0.5 / (2 * 5 ** 0.5 + 18)) < 0.03
+    # the factors read the masks alone (never the images) and skip a negative ignore_index: with every image
+    # holding ignored pixels (an unmapped value -> -1 through a label map), class 2 must stay rare
+    from unittest import mock
+
+    for i, name in enumerate(names):
+        mask = np.array(Image.open(tmp_path / "masks" / f"{name}.png"))
+        mask[0, :] = 9  # not in the label map
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{name}.png")
+    source = FolderSource(str(tmp_path))
+    source.label_map = {0: 0, 1: 1, 2: 2}
+    dm = SegmentationDataModule(source, num_classes=3, ignore_index=-1, batch_size=4, sampling="repeat_factor",
+                                repeat_threshold=0.5, cache=False)
+    with mock.patch("segkit.data.dataset.read_image", side_effect=AssertionError("image decoded")):
+        factors = dm._sample_weights(dm.dataset("train", train=True))
+    assert np.allclose(factors, [5 ** 0.5] * 2 + [1.0] * 18)
     import pytest
 
     with pytest.raises(ValueError, match="data.sampling must be uniform or repeat_factor"):
@@ -144,5 +159,17 @@ def test_auto_workers_follow_the_device_and_the_cache(tmp_path):
     loader = on_disk.train_dataloader()
     assert loader.num_workers == min(4, cores // 2)
     assert loader.persistent_workers == (loader.num_workers > 0)
+    # on a GPU: the node's cores are shared by its devices' processes, at most 8 each
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import torch
+
+    for n_cores, devices, expected in [(16, 1, 8), (16, 4, 4), (4, 1, 4), (2, 8, 1)]:
+        gpu_dm = SegmentationDataModule(FolderSource(str(tmp_path)), num_classes=2, batch_size=2, num_workers="auto")
+        gpu_dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)),
+                                         num_devices=devices)
+        with mock.patch("os.sched_getaffinity", return_value=set(range(n_cores)), create=True):
+            assert gpu_dm.train_dataloader().num_workers == expected, (n_cores, devices)
     with pytest.raises(ValueError, match="data.num_workers must be auto or a number"):
         SegmentationDataModule(FolderSource(str(tmp_path)), num_classes=2, num_workers="many")

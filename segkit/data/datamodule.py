@@ -24,7 +24,8 @@ class SegmentationDataModule(L.LightningDataModule):
     per line) or a VOC/CVAT ``labelmap.txt`` (``name:r,g,b::``, whose colours become the palette). ``mean``/``std`` (0-1 units, one per channel) default to
     ImageNet's for 3-channel 8-bit images and are measured from the training images otherwise. ``cache``: keep
     decoded images in memory (``"auto"``: when they fit in ``cache_limit_mb``), so small datasets are decoded once.
-    ``num_workers="auto"``: on a GPU, one loader process per core up to 8; on the CPU none when the images are
+    ``num_workers="auto"``: on a GPU, one loader process per core up to 8 (the node's cores divided among its
+    devices' processes); on the CPU none when the images are
     held in memory (training then uses every core, measured faster on 2 cores), else half the cores up to 4.
     ``sampling``: ``uniform`` (each training image once per epoch) or ``repeat_factor``: images that contain classes
     present in fewer than ``repeat_threshold`` of the training images are drawn more often
@@ -150,10 +151,11 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.num_workers != "auto":
             return int(self.num_workers)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        trainer = self.trainer
+        trainer = self.trainer  # attached by fit/validate through the DataModule, and by segkit's evaluate
         on_gpu = trainer is not None and trainer.strategy.root_device.type != "cpu"
-        if on_gpu:
-            workers, why = min(8, cores), "loading on a GPU run"
+        if on_gpu:  # the cores are shared by this node's processes, one per device
+            per_device = max(1, cores // max(1, int(getattr(trainer, "num_devices", 1) or 1)))
+            workers, why = min(8, per_device), f"GPU run, {cores} cores for {trainer.num_devices} device(s)"
         elif dataset._cache is not None:
             workers, why = 0, "CPU run, images decoded once and held in memory"
         else:
@@ -168,9 +170,8 @@ class SegmentationDataModule(L.LightningDataModule):
         if getattr(self, "_repeat_factors", None) is None or len(self._repeat_factors) != len(dataset):
             presence = np.zeros((len(dataset), self.num_classes), dtype=bool)
             for i in range(len(dataset)):
-                mask = dataset.load(i)[1]
-                present = np.unique(mask)
-                presence[i, present[present < self.num_classes]] = True
+                present = np.unique(dataset.load_mask(i))
+                presence[i, present[(present >= 0) & (present < self.num_classes)]] = True  # not ignore_index
             factors = repeat_factors(presence, self.repeat_threshold)
             rare = [self.class_names[c] if self.class_names else str(c)
                     for c in np.flatnonzero(presence.mean(0) < self.repeat_threshold) if presence[:, c].any()]

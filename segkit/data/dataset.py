@@ -43,17 +43,26 @@ class SegmentationDataset(Dataset):
         """The raw image and validated class-index mask, before augmentation."""
         if self._cache is not None:
             return self._cache[index]
+        image_path = self.samples[index][0]
+        image, mask = read_image(image_path, self.channels), self.load_mask(index)
+        if image.shape[:2] != mask.shape:
+            raise DataError(f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask "
+                            f"{self.samples[index][1]} is {mask.shape[1]}x{mask.shape[0]}; they must have the same "
+                            "size")
+        return image, mask
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The validated class-index mask alone (no image decoded: class statistics over a dataset read only these)."""
+        if self._cache is not None:
+            return self._cache[index][1]
         image_path, mask_path = self.samples[index]
         if mask_path is None or not mask_path.is_file():
             raise DataError(f"no mask for image {image_path}: expected {mask_path}")
-        image, mask = read_image(image_path, self.channels), read_mask(mask_path)
-        if image.shape[:2] != mask.shape:
-            raise DataError(f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-                            f"{mask.shape[1]}x{mask.shape[0]}; they must have the same size")
+        mask = read_mask(mask_path)
         if self.lut is not None:
             mask = self.lut[np.clip(mask, 0, len(self.lut) - 1)]
         check_mask_values(mask, self.num_classes, self.ignore_index, mask_path)
-        return image, mask.astype(self.mask_dtype, copy=False)  # safe: every value was just validated
+        return mask.astype(self.mask_dtype, copy=False)  # safe: every value was just validated
 
     def decoded_bytes_estimate(self) -> int:
         """Bytes the decoded images and masks would take, from file headers (no decoding)."""
