@@ -259,6 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         parser.error(f"unknown --runs {sorted(unknown)}; choose from {', '.join(RUNS)}")
     results: Dict[str, Dict[str, Dict]] = {}
     infos = {}
+    load_before = os.getloadavg()[0]
     for name in [d for d in args.datasets.split(",") if d]:
         root = (args.root / name) if not Path(name).is_dir() else Path(name)
         info = infos[root.name] = dataset_info(root.resolve())
@@ -275,8 +276,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             except Exception as exc:  # one failing row must not lose the others' numbers
                 rows[run] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"[{root.name}] {run}: {json.dumps(rows[run])}", flush=True)
-    note = (f"Plain loops: {args.loss} loss. Measured on {torch.get_num_threads()} CPU threads ({os.cpu_count()} cores, shared with other jobs: "
-            "wall times are indicative only).")
+    note = (f"Plain loops: {args.loss} loss. Measured on {torch.get_num_threads()} CPU threads ({os.cpu_count()} "
+            f"cores; 1-minute load average {load_before:.1f} before the first row, {os.getloadavg()[0]:.1f} after "
+            "the last: a load above the core count means the wall times are contended).")
     text = table(results, infos, args.epochs, note)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
