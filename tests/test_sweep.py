@@ -151,3 +151,22 @@ def test_sweep_script_from_the_command_line(tmp_path):
     assert set(best["params"]) == {"task.optimizer.lr", "task.optimizer.weight_decay", "task/loss", "model/upsampler",
                                    "data.crop_size"}
     assert "python scripts/train.py" in proc.stdout + proc.stderr
+
+
+def test_a_failing_trial_does_not_stop_the_sweep(tmp_path, monkeypatch):
+    """A trial that raises (out of memory at a large swept crop, say) is recorded as failed; the next ones run."""
+    import segkit.pipeline
+
+    calls = []
+
+    def fake_train(cfg, extra_callbacks=()):
+        calls.append(cfg.paths.output_dir)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return {"mIoU": 0.5 + 0.1 * len(calls)}
+
+    monkeypatch.setattr(segkit.pipeline, "train", fake_train)
+    params = {"task.optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-2}}
+    result = run_sweep(_sweep_cfg(3, **params), TOY, tmp_path / "s", _composer(tmp_path), seed=0)
+    assert len(calls) == 3 and result["trials"] == {"complete": 2, "fail": 1}
+    assert result["value"] == pytest.approx(0.8) and result["trial"] == 2
