@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
@@ -146,6 +147,11 @@ def check_targets(cfg: Any, allowed: Iterable[str] = (), source: str = "config")
                 "(never functions such as torch.load or os.system). If you trust it, add "
                 f"allowed_targets=[{name}] (or allowed_targets=[{name.split('.')[0]}] for its whole package)."
             )
+
+
+def train_command(overrides: Iterable[Any]) -> str:
+    """``python scripts/train.py <overrides>``, each override shell-quoted so the line can be pasted as is."""
+    return " ".join(["python scripts/train.py", *(shlex.quote(str(o)) for o in overrides)])
 
 
 def to_plain(cfg: DictConfig) -> Dict[str, Any]:

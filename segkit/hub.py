@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -17,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from segkit.config import check_targets
+from segkit.config import check_targets, train_command
 from segkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
@@ -83,8 +82,7 @@ def _training_command(run_dir: Path) -> Optional[str]:
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         return None
-    args = OmegaConf.load(overrides) or []
-    return " ".join(["python scripts/train.py", *(shlex.quote(str(a)) for a in args)])
+    return train_command(OmegaConf.load(overrides) or [])
 
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:

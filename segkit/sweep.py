@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
+
+from segkit.config import train_command
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +211,8 @@ def run_sweep(sweep_cfg: DictConfig, base_overrides: Sequence[str], sweep_dir: P
     from segkit.pipeline import write_json_atomic
 
     write_json_atomic(sweep_dir / "best.json", result)
-    log.info("best: trial %d, val mIoU %.4f\n  python scripts/train.py %s", best.number, best.value,
-             " ".join(shlex.quote(o) for o in [*base_overrides, *result["overrides"]]))
+    log.info("best: trial %d, val mIoU %.4f\n  %s", best.number, best.value,
+             train_command([*base_overrides, *result["overrides"]]))
     log.info("sweep directory: %s (%s)", sweep_dir, json.dumps(result["trials"]))
     return result
 

@@ -154,8 +154,8 @@ class SegmentationDataModule(L.LightningDataModule):
         trainer = self.trainer  # attached by fit/validate through the DataModule, and by segkit's evaluate
         on_gpu = trainer is not None and trainer.strategy.root_device.type != "cpu"
         if on_gpu:  # the cores are shared by this node's processes, one per device
-            per_device = max(1, cores // max(1, int(getattr(trainer, "num_devices", 1) or 1)))
-            workers, why = min(8, per_device), f"GPU run, {cores} cores for {trainer.num_devices} device(s)"
+            workers = min(8, max(1, cores // trainer.num_devices))
+            why = f"GPU run, {cores} cores for {trainer.num_devices} device(s)"
         elif dataset._cache is not None:
             workers, why = 0, "CPU run, images decoded once and held in memory"
         else:
