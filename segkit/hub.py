@@ -18,6 +18,7 @@ from torch import nn
 
 from segkit.config import check_targets, train_command
 from segkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
+from segkit.models.segmenter import load_weights_or_explain
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 FORMAT_VERSION = 1
@@ -219,10 +220,7 @@ def from_pretrained(folder: str | Path, allowed: Iterable[str] = (), map_locatio
     if "pretrained" in model_cfg:
         model_cfg.pretrained = False  # the weights come from model.safetensors; nothing is downloaded
     net = instantiate(model_cfg)
-    missing, unexpected = net.load_state_dict(load_file(str(weights_path)), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{weights_path} does not fit the model in {config_path}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    load_weights_or_explain(net, load_file(str(weights_path)), str(weights_path), f"in {config_path}")
     return PretrainedSegmenter(net, spec).to(map_location).eval()
 
 

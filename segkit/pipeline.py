@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.config import check_targets, load_checkpoint, to_plain
+from segkit.models.segmenter import load_weights_or_explain
 
 
 class _DropTips(logging.Filter):
@@ -177,14 +178,8 @@ def load_task_from_checkpoint(ckpt_path: str, allowed=()) -> tuple[Any, DictConf
     net = instantiate(cfg.model)
     task = instantiate(cfg.task, net=net, spec=DataSpec.from_dict(spec))
     task.run_config = ckpt["segkit"]["config"]
-    try:
-        task.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:  # missing/unexpected keys or shapes: the model code changed since it was saved
-        detail = " ".join(str(exc).split())[:600]
-        raise ValueError(f"the weights in {ckpt_path} do not fit the model that its stored config builds with this "
-                         f"segkit ({cfg.model.get('_target_')}): {detail}. It was most likely written by an older "
-                         "segkit whose layers differ (the U-Net and DeepLabV3+ decoders changed on 2026-11-22); "
-                         "evaluate it with the version that trained it, or retrain") from None
+    load_weights_or_explain(task, ckpt["state_dict"], str(ckpt_path),
+                            f"that its stored config builds ({cfg.model.get('_target_')})")
     return task.eval(), cfg
 
 

@@ -69,6 +69,21 @@ def test_from_pretrained_refuses_untrusted_targets_and_missing_files(checkpoint,
         segkit.from_pretrained(folder)
 
 
+def test_from_pretrained_with_weights_of_another_layout_names_the_file(checkpoint, tmp_path):
+    """Weights whose shapes no longer fit the config's model (an older segkit's layers): a ValueError naming the
+    weights file and the reason, not load_state_dict's trace."""
+    from safetensors.torch import load_file, save_file
+
+    from segkit.hub import save_pretrained
+
+    folder = save_pretrained(checkpoint, tmp_path / "m")
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["head.weight"] = torch.cat([weights["head.weight"]] * 2, dim=1)  # a wider decoder than the config's
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model.safetensors do not fit the model in .*config.json.*older segkit"):
+        segkit.from_pretrained(folder)
+
+
 def test_spec_falls_back_to_the_run_config():
     from segkit.hub import spec_from_checkpoint
 

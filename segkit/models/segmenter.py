@@ -12,6 +12,23 @@ from segkit.analysis.shapes import ShapeError
 from segkit.models.layers.conv import ConvNormAct
 
 
+# Layout changes that make older weights not fit; named in the error so a user knows why.
+LAYOUT_CHANGES = ("the U-Net and DeepLabV3+ decoders changed on 2026-11-22, DeepLabV3+'s separable convs on "
+                  "2026-12-02")
+
+
+def load_weights_or_explain(module: nn.Module, state_dict: dict, source: str, model: str) -> None:
+    """``module.load_state_dict(state_dict)`` (strict), or a ``ValueError`` naming ``source`` and ``model`` and why
+    weights stop fitting (an older segkit's layers), instead of load_state_dict's trace of keys and shapes."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as exc:  # missing/unexpected keys or shapes: the model code changed since it was saved
+        detail = " ".join(str(exc).split())[:600]
+        raise ValueError(f"the weights in {source} do not fit the model {model} with this segkit: {detail}. They "
+                         f"were most likely written by an older segkit whose layers differ ({LAYOUT_CHANGES}); "
+                         "use them with the version that wrote them, or retrain") from None
+
+
 class FCNHead(nn.Sequential):
     """Auxiliary head (torchvision's ``FCNHead``): 3x3 conv to ``in/4`` channels, dropout, 1x1 classifier."""
 
