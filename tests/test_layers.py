@@ -7,6 +7,7 @@ from segkit.analysis import ShapeError, conv_transpose_output_size
 from torch.utils.flop_counter import FlopCounterMode
 
 from segkit.models.layers import (ASPP, UPSAMPLERS, AtrousConv2d, ConvNormAct, ConvTransposeUpsample, DoubleConv,
+                                  SeparableConvNormAct,
                                   InterpolateUpsample, PixelShuffleUpsample, ResizeConvUpsample, aspp_rates,
                                   init_relu_convs_, is_parameter_free, upsampler_factory)
 from segkit.models.layers.upsample import nearest2x_conv3x3
@@ -218,3 +219,68 @@ def test_init_relu_convs_is_he_fan_out():
     assert abs(conv.weight.std().item() - (2 / (128 * 9)) ** 0.5) < 0.05 * (2 / (128 * 9)) ** 0.5
     assert abs(conv.weight.mean().item()) < 1e-3
     assert torch.equal(norm.weight, torch.ones(128)) and torch.equal(norm.bias, torch.zeros(128))
+
+
+@pytest.mark.parametrize("size", [(14, 12), (40, 36)])
+def test_separable_aspp_equals_smp_with_the_same_weights(size):
+    """Outside reference: smp's separable ASPP (depthwise conv, 1x1 conv, BN, ReLU per branch) loaded with segkit's
+    weights gives the same output and gradients, in training mode, on a 14x12 map (rate 18 reads padding off its
+    centre tap: segkit folds that depthwise scale into the 1x1 conv; rate 12 loses its outer columns) and on a
+    40x36 map (every tap live)."""
+    decoder = pytest.importorskip("segmentation_models_pytorch.decoders.deeplabv3.decoder")
+    torch.manual_seed(0)
+    ours = ASPP(32, 16, (6, 12, 18), separable=True, dropout=0.0).double()
+    init_relu_convs_(ours)
+    theirs = decoder.ASPP(32, 16, (6, 12, 18), separable=True, dropout=0.0).double()
+    ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
+    assert [v.shape for v in ours_sd.values()] == [v.shape for v in theirs_sd.values()]
+    theirs.load_state_dict(dict(zip(theirs_sd, ours_sd.values())))
+    x = torch.randn(2, 32, *size, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, out_ref = ours(x), theirs(x_ref)
+    torch.testing.assert_close(out, out_ref)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for (name, p), p_ref in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, msg=lambda m: f"{name}: {m}")
+
+
+def test_separable_conv_folds_a_centre_only_depthwise_kernel_into_the_pointwise_conv():
+    """Rate 18 on a 14x12 map: the block costs exactly its 1x1 conv (no depthwise pass); on a 40x40 map it runs
+    both convs."""
+    block = SeparableConvNormAct(8, 4, 3, dilation=18)
+    pointwise_only = nn.Conv2d(8, 4, 1, bias=False)
+    small, large = torch.randn(2, 8, 14, 12), torch.randn(2, 8, 40, 40)
+    assert _flops(block, small) == _flops(pointwise_only, small)
+    assert _flops(block, large) == _flops(pointwise_only, large) + _flops(block[0], large)
+
+
+def test_separable_conv_runs_its_convs_when_a_hook_watches_them():
+    """A forward hook on the 1x1 conv (pruning, observers, feature taps) sees it run: no fold then, same output."""
+    torch.manual_seed(0)
+    block = SeparableConvNormAct(8, 4, 3, dilation=18).eval()
+    x = torch.randn(2, 8, 14, 12)
+    folded = block(x)
+    seen = []
+    handle = block[1][0].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    torch.testing.assert_close(block(x), folded)
+    handle.remove()
+    assert seen == [(2, 4, 14, 12)]
+
+
+def test_separable_conv_with_depthwise_norm_has_tensorflow_deeplabs_layout():
+    """``depthwise_norm=True``: BN + ReLU after the depthwise conv (and no fold, the two convs are not linear)."""
+    block = SeparableConvNormAct(8, 4, 3, dilation=18, depthwise_norm=True)
+    assert [type(m) for m in block[0]] == [AtrousConv2d, nn.BatchNorm2d, nn.ReLU]
+    small = torch.randn(2, 8, 14, 12)
+    assert _flops(block, small) == _flops(nn.Conv2d(8, 4, 1), small) + _flops(block[0], small) > 0
+    assert block(small).shape == (2, 4, 14, 12)
+    from segkit.models import DeepLabV3Plus
+
+    def norms(net):
+        return sum(isinstance(m, nn.BatchNorm2d) for m in net.decoder.modules())
+
+    # one more per separable conv: three ASPP branches and the fusion conv
+    assert norms(DeepLabV3Plus("resnet18", 3, depthwise_norm=True)) == norms(DeepLabV3Plus("resnet18", 3)) + 4

@@ -112,17 +112,20 @@ class DeepLabV3Plus(Segmenter):
 
     ``separable=True`` (default, the paper's choice) makes the ASPP and decoder 3x3 convs depthwise-separable: on
     ResNet-50 the decoder drops from ~17M to ~3M parameters at no loss in the paper (Table 5, "SC").
-    ``fuse_convs``: 3x3 convs after the low-level fusion (the paper: 2; default 1, faster, see the decoder)."""
+    ``fuse_convs``: 3x3 convs after the low-level fusion (the paper: 2; default 1, faster, see the decoder).
+    ``depthwise_norm=True``: batch norm + ReLU after each depthwise conv (TensorFlow DeepLab's layout); the default
+    has none, as Xception, timm and smp, and is faster (``SeparableConvNormAct``)."""
 
     def __init__(self, encoder: Encoder = "resnet50", num_classes: int = 21, in_channels: int = 3,
                  output_stride: int = 16, upsampler: UpsamplerSpec = "bilinear", aux_head: bool = False,
                  rates: Optional[Sequence[int]] = None, aspp_channels: int = 256, low_level_channels: int = 48,
                  separable: bool = True, aspp_dropout: float = 0.5, fuse_convs: int = 1,
-                 encoder_weights: WeightsSpec = None, encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
+                 depthwise_norm: bool = False, encoder_weights: WeightsSpec = None,
+                 encoder_kwargs: Optional[Dict[str, Any]] = None) -> None:
         enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
         dec = DeepLabV3PlusDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), aspp_channels,
                                    low_level_channels, rates=rates, separable=separable, dropout=aspp_dropout,
-                                   fuse_convs=fuse_convs)
+                                   fuse_convs=fuse_convs, depthwise_norm=depthwise_norm)
         aux = FCNHead(enc.out_channels[-2], num_classes) if aux_head else None
         super().__init__(enc, dec, num_classes, aux_head=aux)
 

@@ -32,13 +32,14 @@ class DeepLabV3PlusDecoder(nn.Module):
     The upsampler (bilinear in the paper) is any segkit upsampler factory. ``separable`` (the paper's choice;
     ``DeepLabV3Plus`` defaults to it) makes every 3x3 conv depthwise-separable. ``fuse_convs`` 3x3 convs refine the
     fused stride-4 map: the paper uses 2; the default 1 takes ~15% off a ResNet-50 training step on CPU (the second
-    conv works at stride 4 on 256 channels). Convs are He-initialised (fan-out).
+    conv works at stride 4 on 256 channels). ``depthwise_norm``: a norm and activation after each depthwise conv, as
+    TensorFlow's DeepLab (see ``SeparableConvNormAct``). Convs are He-initialised (fan-out).
     """
 
     def __init__(self, encoder_channels: Sequence[int], encoder_reductions: Sequence[int],
                  upsample: Callable[..., nn.Module], channels: int = 256, low_level_channels: int = 48,
                  low_level_reduction: int = 4, rates: Optional[Sequence[int]] = None, separable: bool = True,
-                 dropout: float = 0.5, fuse_convs: int = 1) -> None:
+                 dropout: float = 0.5, fuse_convs: int = 1, depthwise_norm: bool = False) -> None:
         super().__init__()
         if fuse_convs < 1:
             raise ValueError(f"fuse_convs must be at least 1, got {fuse_convs}")
@@ -47,10 +48,10 @@ class DeepLabV3PlusDecoder(nn.Module):
                              f"the encoder has reductions {list(encoder_reductions)}")
         self.low_index = list(encoder_reductions).index(low_level_reduction)
         self.aspp = ASPP(encoder_channels[-1], channels, resolve_rates(rates, encoder_reductions[-1]),
-                         separable=separable, dropout=dropout)
+                         separable=separable, dropout=dropout, depthwise_norm=depthwise_norm)
         self.up = upsample(channels, channels, encoder_reductions[-1] // low_level_reduction)
         self.low_project = ConvNormAct(encoder_channels[self.low_index], low_level_channels, 1)
-        block = conv_block(separable)
+        block = conv_block(separable, depthwise_norm)
         self.fuse = nn.Sequential(block(channels + low_level_channels, channels, 3),
                                   *(block(channels, channels, 3) for _ in range(fuse_convs - 1)))
         init_relu_convs_(self)

@@ -55,13 +55,14 @@ class ASPP(nn.Module):
         pooling: bool = True,
         separable: bool = False,
         dropout: float = 0.5,
+        depthwise_norm: bool = False,
         norm_layer: LayerFactory = nn.BatchNorm2d,
         act_layer: LayerFactory = nn.ReLU,
     ) -> None:
         super().__init__()
         if any(int(r) < 1 for r in rates):
             raise ValueError(f"ASPP rates must be positive integers, got {list(rates)}")
-        block = conv_block(separable)
+        block = conv_block(separable, depthwise_norm)
         branches: list[nn.Module] = [ConvNormAct(in_channels, out_channels, 1, norm_layer=norm_layer,
                                                  act_layer=act_layer)]
         branches += [block(in_channels, out_channels, 3, dilation=int(r), norm_layer=norm_layer,

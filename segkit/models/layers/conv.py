@@ -1,7 +1,8 @@
 """Conv -> norm -> activation blocks with size-preserving padding for any dilation."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+import functools
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +28,13 @@ class AtrousConv2d(nn.Conv2d):
     one graph must serve every size.
     """
 
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def live_taps(self, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, Tuple[int, int]]]:
+        """The kernel cut to the taps that can see ``x`` and the padding that goes with it; ``None`` when every tap
+        is live, or while tracing, scripting, compiling or exporting (one graph must then serve every size)."""
         if (self.padding_mode != "zeros" or self.stride != (1, 1) or torch.jit.is_tracing()
                 or torch.jit.is_scripting() or torch.compiler.is_compiling()):
-            return super()._conv_forward(x, weight, bias)
+            return None
+        weight = self.weight
         padding = list(self.padding)  # type: ignore[arg-type]
         for axis, extent in enumerate(x.shape[-2:]):
             k, d = self.kernel_size[axis], self.dilation[axis]
@@ -41,8 +45,14 @@ class AtrousConv2d(nn.Conv2d):
                 weight = weight.narrow(2 + axis, k // 2 - reach, 2 * reach + 1)
                 padding[axis] = d * reach
         if weight.shape[-2:] == self.weight.shape[-2:]:
+            return None
+        return weight, (padding[0], padding[1])
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        live = self.live_taps(x) if weight is self.weight else None
+        if live is None:
             return super()._conv_forward(x, weight, bias)
-        return F.conv2d(x, weight, bias, self.stride, tuple(padding), self.dilation, self.groups)
+        return F.conv2d(x, live[0], bias, self.stride, live[1], self.dilation, self.groups)
 
 
 class ConvNormAct(nn.Sequential):
@@ -81,7 +91,17 @@ class ConvNormAct(nn.Sequential):
 
 
 class SeparableConvNormAct(nn.Sequential):
-    """Depthwise-separable conv as in DeepLabV3+: dilated depthwise conv + norm + act, then 1x1 + norm + act."""
+    """Depthwise-separable conv (Xception): a depthwise conv (dilation-aware "same" padding), then a 1x1 conv,
+    norm and activation.
+
+    Nothing sits between the two convs, as in Xception (Chollet, 2017, section 4.7: an intermediate activation
+    made it converge slower and end worse), timm's ``SeparableConvNormAct`` and smp's DeepLabV3+; TensorFlow's
+    DeepLab puts a batch norm and activation there (``depthwise_norm=True``; slower: one more norm over the widest
+    maps, see BENCHMARKS.md). With the two convs linear back to back, a depthwise kernel that can only read zero
+    padding off its centre tap (an atrous rate at least the feature map's size, see ``AtrousConv2d``) is a
+    per-channel scale: the block then runs one 1x1 conv with that scale folded into its weight (same outputs and
+    gradients, no depthwise pass).
+    """
 
     def __init__(
         self,
@@ -92,14 +112,51 @@ class SeparableConvNormAct(nn.Sequential):
         dilation: int = 1,
         norm_layer: LayerFactory = nn.BatchNorm2d,
         act_layer: LayerFactory = nn.ReLU,
+        depthwise_norm: bool = False,
     ) -> None:
-        super().__init__(
-            ConvNormAct(in_channels, in_channels, kernel_size, stride, dilation, groups=in_channels,
-                        norm_layer=norm_layer, act_layer=act_layer),
-            ConvNormAct(in_channels, out_channels, 1, norm_layer=norm_layer, act_layer=act_layer),
-        )
+        depthwise: nn.Module
+        if depthwise_norm:
+            depthwise = ConvNormAct(in_channels, in_channels, kernel_size, stride, dilation, groups=in_channels,
+                                    norm_layer=norm_layer, act_layer=act_layer)
+        else:
+            conv = AtrousConv2d if dilation > 1 else nn.Conv2d
+            depthwise = conv(in_channels, in_channels, kernel_size, stride, same_padding(kernel_size, dilation),
+                             dilation, groups=in_channels, bias=False)
+        super().__init__(depthwise, ConvNormAct(in_channels, out_channels, 1, norm_layer=norm_layer,
+                                                act_layer=act_layer))
         self.in_channels = in_channels
         self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            folded = self._folded(x)
+            if folded is not None:
+                return folded
+        for layer in self:
+            x = layer(x)
+        return x
+
+    @torch.jit.unused
+    def _folded(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """One 1x1 conv when the depthwise kernel is its centre tap on ``x``; ``None`` otherwise, and whenever a
+        hook watches either conv (pruning, observers, feature taps expect their modules to run)."""
+        depthwise, pointwise = self[0], self[1]
+        conv = pointwise[0]
+        if not isinstance(depthwise, AtrousConv2d) or _hooked(depthwise) or _hooked(conv):
+            return None
+        live = depthwise.live_taps(x)
+        if live is None or live[0].shape[-2:] != (1, 1):
+            return None
+        x = F.conv2d(x, conv.weight * live[0].reshape(1, -1, 1, 1), conv.bias)
+        for layer in list(pointwise)[1:]:
+            x = layer(x)
+        return x
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward hooks of its own (pruning, weight norm, quantization observers, feature taps
+    register them); global hooks, as FLOP counters and module trackers use, only watch."""
+    return bool(module._forward_pre_hooks or module._forward_hooks)
 
 
 @torch.no_grad()
@@ -121,9 +178,12 @@ def init_relu_convs_(module: nn.Module) -> nn.Module:
     return module
 
 
-def conv_block(separable: bool) -> Callable[..., nn.Module]:
-    """The 3x3 block type to use: plain ``ConvNormAct`` or ``SeparableConvNormAct``."""
-    return SeparableConvNormAct if separable else ConvNormAct
+def conv_block(separable: bool, depthwise_norm: bool = False) -> Callable[..., nn.Module]:
+    """The 3x3 block type to use: plain ``ConvNormAct`` or ``SeparableConvNormAct`` (with a norm and activation
+    after its depthwise conv when ``depthwise_norm``)."""
+    if not separable:
+        return ConvNormAct
+    return functools.partial(SeparableConvNormAct, depthwise_norm=True) if depthwise_norm else SeparableConvNormAct
 
 
 class DoubleConv(nn.Sequential):
