@@ -1,7 +1,7 @@
 """Train step of segkit models vs their segmentation_models.pytorch (smp) peers: parameters, FLOPs and step time.
 
-    python benchmarks/peers.py [--models UNet-R18 UNet-R34 DeepLabV3+-R50] [--shapes 2x3x256x256 8x3x224x192]
-                               [--repeats 10] [--smoke]
+    python benchmarks/peers.py [--models UNet-R18 UNet-R34 DeepLabV3+-R50 [DeepLabV3+-R50-dwnorm]]
+                               [--shapes 2x3x256x256 8x3x224x192] [--repeats 10] [--smoke]
 
 Needs the benchmark-only extra: ``pip install -c constraints.txt -e .[bench]`` (segmentation-models-pytorch).
 Both models of a pair are built from scratch (``encoder_weights=None``) with the same encoder, classes and output
@@ -49,7 +49,12 @@ def pairs() -> Dict[str, Tuple[Callable[[], nn.Module], Callable[[], nn.Module]]
         "DeepLabV3+-R50": (lambda: DeepLabV3Plus("resnet50", NUM_CLASSES, output_stride=16),
                            lambda: smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=NUM_CLASSES,
                                                      encoder_output_stride=16)),
+        # segkit with TensorFlow DeepLab's BN + ReLU after each depthwise conv (not run unless asked for)
+        "DeepLabV3+-R50-dwnorm": (lambda: DeepLabV3Plus("resnet50", NUM_CLASSES, output_stride=16, depthwise_norm=True),
+                                  lambda: smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=NUM_CLASSES,
+                                                            encoder_output_stride=16)),
     }
+DEFAULT_MODELS = ["UNet-R18", "UNet-R34", "DeepLabV3+-R50"]
 
 
 def parse_shape(text: str) -> Tuple[int, int, int, int]:
@@ -115,7 +120,7 @@ def table(rows: List[Dict[str, object]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     available = pairs()
-    parser.add_argument("--models", nargs="+", default=list(available), choices=list(available))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(available))
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=None,
                         help="NxCxHxW batches (default: 2x3x256x256 8x3x224x192)")
     parser.add_argument("--repeats", type=int, default=10, help="ABBA rounds per model pair and shape")

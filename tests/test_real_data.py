@@ -243,3 +243,24 @@ def test_harness_smoke(tmp_path):
         assert 0.0 <= row["mIoU"] <= 1.0 and set(row["per_class_iou"]) == {"dark", "bright"}
     text = out.read_text()
     assert "| smp |" in text and "| segkit-net |" in text and "bright" in text
+
+
+def test_deeplab_harness_smoke(tmp_path):
+    """benchmarks/deeplab_real_data.py: segkit's DeepLabV3+, the depthwise_norm variant and smp's train one epoch each
+    on a tiny dataset and land in the table."""
+    pytest.importorskip("segmentation_models_pytorch")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    harness = _load_script("deeplab_real_data_benchmark", REPO / "benchmarks" / "deeplab_real_data.py")
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (40, 48), dtype=np.uint8) for _ in range(10)]
+    masks = [(im > 128).astype(np.uint8) for im in images]
+    root = tmp_path / "tiny"
+    write_folder(root, images, masks, val=2)
+    (root / "dataset.json").write_text(json.dumps({"class_names": ["dark", "bright"], "num_classes": 2,
+                                                   "num_images": {"train": 8, "val": 2}}))
+    out = tmp_path / "table.md"
+    rows = harness.main(["--datasets", str(root), "--epochs", "1", "--out", str(out)])["tiny"]
+    assert list(rows) == ["segkit", "segkit-dwnorm", "smp"]
+    for row in rows.values():
+        assert 0.0 <= row["mIoU"] <= 1.0 and set(row["per_class_iou"]) == {"dark", "bright"} and row["seconds"] > 0
+    assert "| segkit-dwnorm |" in out.read_text()
