@@ -43,6 +43,18 @@ def write_folder(root: Path, images: list, masks: list, val: int = 1) -> FolderS
     return FolderSource(str(root))
 
 
+def tiny_dark_bright(tmp_path: Path, seed: int) -> Path:
+    """A 10-image (8 train / 2 val) grey 40x48 folder dataset with a dataset.json: pixels > 128 are "bright"."""
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (40, 48), dtype=np.uint8) for _ in range(10)]
+    masks = [(im > 128).astype(np.uint8) for im in images]
+    root = tmp_path / "tiny"
+    write_folder(root, images, masks, val=2)
+    (root / "dataset.json").write_text(json.dumps({"class_names": ["dark", "bright"], "num_classes": 2,
+                                                   "num_images": {"train": 8, "val": 2}}))
+    return root
+
+
 def _auto_cfg(**data):
     base = {"in_channels": "auto", "mean": "auto", "std": "auto", "crop_size": "auto", "batch_size": "auto",
             "class_names": None}
@@ -225,13 +237,7 @@ def test_harness_smoke(tmp_path):
     """Every row of the harness trains one epoch on a tiny dataset and lands in the markdown table."""
     pytest.importorskip("segmentation_models_pytorch")
     harness = _load_script("real_data_benchmark", REPO / "benchmarks" / "real_data.py")
-    rng = np.random.default_rng(7)
-    images = [rng.integers(0, 256, (40, 48), dtype=np.uint8) for _ in range(10)]
-    masks = [(im > 128).astype(np.uint8) for im in images]
-    root = tmp_path / "tiny"
-    write_folder(root, images, masks, val=2)
-    (root / "dataset.json").write_text(json.dumps({"class_names": ["dark", "bright"], "num_classes": 2,
-                                                   "num_images": {"train": 8, "val": 2}}))
+    root = tiny_dark_bright(tmp_path, seed=7)
     out = tmp_path / "table.md"
     results = harness.main(["--datasets", str(root), "--epochs", "1", "--out", str(out),
                             "--work-dir", str(tmp_path / "work"),
@@ -245,19 +251,13 @@ def test_harness_smoke(tmp_path):
     assert "| smp |" in text and "| segkit-net |" in text and "bright" in text
 
 
-def test_deeplab_harness_smoke(tmp_path):
+def test_deeplab_harness_smoke(tmp_path, monkeypatch):
     """benchmarks/deeplab_real_data.py: segkit's DeepLabV3+, the depthwise_norm variant and smp's train one epoch each
     on a tiny dataset and land in the table."""
     pytest.importorskip("segmentation_models_pytorch")
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the script imports real_data.py beside it
     harness = _load_script("deeplab_real_data_benchmark", REPO / "benchmarks" / "deeplab_real_data.py")
-    rng = np.random.default_rng(3)
-    images = [rng.integers(0, 256, (40, 48), dtype=np.uint8) for _ in range(10)]
-    masks = [(im > 128).astype(np.uint8) for im in images]
-    root = tmp_path / "tiny"
-    write_folder(root, images, masks, val=2)
-    (root / "dataset.json").write_text(json.dumps({"class_names": ["dark", "bright"], "num_classes": 2,
-                                                   "num_images": {"train": 8, "val": 2}}))
+    root = tiny_dark_bright(tmp_path, seed=3)
     out = tmp_path / "table.md"
     rows = harness.main(["--datasets", str(root), "--epochs", "1", "--out", str(out)])["tiny"]
     assert list(rows) == ["segkit", "segkit-dwnorm", "smp"]
