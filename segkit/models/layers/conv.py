@@ -55,6 +55,15 @@ class AtrousConv2d(nn.Conv2d):
         return F.conv2d(x, live[0], bias, self.stride, live[1], self.dilation, self.groups)
 
 
+def same_conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+                groups: int = 1, padding: Optional[int] = None, bias: bool = True) -> nn.Conv2d:
+    """A conv with dilation-aware "same" padding unless ``padding`` is given; an ``AtrousConv2d`` when dilated."""
+    if padding is None:
+        padding = same_padding(kernel_size, dilation)
+    conv = AtrousConv2d if dilation > 1 else nn.Conv2d
+    return conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias)
+
+
 class ConvNormAct(nn.Sequential):
     """``Conv2d`` (dilation-aware "same" padding by default) followed by an optional norm and activation.
 
@@ -75,12 +84,9 @@ class ConvNormAct(nn.Sequential):
         act_layer: LayerFactory = nn.ReLU,
         bias: Optional[bool] = None,
     ) -> None:
-        if padding is None:
-            padding = same_padding(kernel_size, dilation)
         if bias is None:
             bias = norm_layer is None
-        conv = AtrousConv2d if dilation > 1 else nn.Conv2d
-        layers = [conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias)]
+        layers = [same_conv2d(in_channels, out_channels, kernel_size, stride, dilation, groups, padding, bias)]
         if norm_layer is not None:
             layers.append(norm_layer(out_channels))
         if act_layer is not None:
@@ -119,9 +125,8 @@ class SeparableConvNormAct(nn.Sequential):
             depthwise = ConvNormAct(in_channels, in_channels, kernel_size, stride, dilation, groups=in_channels,
                                     norm_layer=norm_layer, act_layer=act_layer)
         else:
-            conv = AtrousConv2d if dilation > 1 else nn.Conv2d
-            depthwise = conv(in_channels, in_channels, kernel_size, stride, same_padding(kernel_size, dilation),
-                             dilation, groups=in_channels, bias=False)
+            depthwise = same_conv2d(in_channels, in_channels, kernel_size, stride, dilation, groups=in_channels,
+                                    bias=False)
         super().__init__(depthwise, ConvNormAct(in_channels, out_channels, 1, norm_layer=norm_layer,
                                                 act_layer=act_layer))
         self.in_channels = in_channels
