@@ -158,8 +158,6 @@ class PixelShuffleUpsample(nn.Module):
         return y[..., : size[0], : size[1]]
 
 
-# Nearest 2x upsampling then a 3-tap conv, per axis: the output pair (2j-1, 2j) reads low-res pixels (j-1, j) only,
-# with the 3 taps summed as [w0+w1, w2] (output 2j-1) and [w0, w1+w2] (output 2j). Indexed (sub-pixel, tap, 3-tap).
 # Row k of the 3x3 kernel (offsets -1, 0, +1) that each of the 4 taps of the stride-2 transposed kernel sums: in
 # nearest(x), output row 2i reads x rows (i-1, i, i) and row 2i+1 reads (i, i+1, i+1), so input row i is read by
 # output rows 2i-1 .. 2i+2 with these kernel rows.
