@@ -158,9 +158,9 @@ class PixelShuffleUpsample(nn.Module):
         return y[..., : size[0], : size[1]]
 
 
-# Row k of the 3x3 kernel (offsets -1, 0, +1) that each of the 4 taps of the stride-2 transposed kernel sums: in
-# nearest(x), output row 2i reads x rows (i-1, i, i) and row 2i+1 reads (i, i+1, i+1), so input row i is read by
-# output rows 2i-1 .. 2i+2 with these kernel rows.
+# Which 3x3 kernel rows (offsets -1, 0, +1) each of the 4 taps of the stride-2 transposed kernel sums (columns
+# alike). A 3x3 conv of nearest(x) at output row 2i reads x rows (i-1, i, i) and at row 2i+1 reads (i, i, i+1), so
+# x row i reaches output rows 2i-1, 2i, 2i+1, 2i+2 through kernel rows {+1}, {0, +1}, {-1, 0}, {-1}.
 _NEAREST2X_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 
