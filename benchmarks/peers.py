@@ -1,7 +1,7 @@
 """Train step of segkit models vs their segmentation_models.pytorch (smp) peers: parameters, FLOPs and step time.
 
     python benchmarks/peers.py [--models UNet-R18 UNet-R34 DeepLabV3+-R50 [DeepLabV3+-R50-dwnorm]]
-                               [--shapes 2x3x256x256 8x3x224x192] [--repeats 10] [--smoke]
+                               [--shapes 2x3x256x256 8x3x224x192] [--repeats 10] [--channels-last] [--smoke]
 
 Needs the benchmark-only extra: ``pip install -c constraints.txt -e .[bench]`` (segmentation-models-pytorch).
 Both models of a pair are built from scratch (``encoder_weights=None``) with the same encoder, classes and output
@@ -10,7 +10,8 @@ step. The two run interleaved in one process, alternating who goes first every r
 step each. The table gives parameters, forward GFLOPs per image (``torch.utils.flop_counter.FlopCounterMode``, eval
 mode, one image; one multiply-add is 2 FLOPs), median seconds per step, the ratio of the medians segkit / smp
 (< 1: segkit is faster) and the quartiles of the per-round ratios (each round times both back to back, so machine
-drift cancels within a round; a wide spread means a noisy machine). ``--smoke`` is a seconds-long toy run.
+drift cancels within a round; a wide spread means a noisy machine). ``--channels-last`` runs both models and the
+batch in channels_last (NHWC) memory format instead of PyTorch's default. ``--smoke`` is a seconds-long toy run.
 """
 from __future__ import annotations
 
@@ -88,11 +89,13 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
     return step
 
 
-def compare(name: str, builders, shape: Tuple[int, int, int, int], repeats: int) -> Dict[str, object]:
+def compare(name: str, builders, shape: Tuple[int, int, int, int], repeats: int,
+            channels_last: bool = False) -> Dict[str, object]:
     n, c, h, w = shape
     torch.manual_seed(0)
-    models = {"segkit": builders[0](), "smp": builders[1]()}
-    x = torch.randn(n, c, h, w)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    models = {"segkit": builders[0]().to(memory_format=fmt), "smp": builders[1]().to(memory_format=fmt)}
+    x = torch.randn(n, c, h, w).contiguous(memory_format=fmt)
     y = torch.randint(0, NUM_CLASSES, (n, h, w))
     row: Dict[str, object] = {"model": name, "shape": "x".join(map(str, shape))}
     for who, model in models.items():
@@ -124,14 +127,16 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=None,
                         help="NxCxHxW batches (default: 2x3x256x256 8x3x224x192)")
     parser.add_argument("--repeats", type=int, default=10, help="ABBA rounds per model pair and shape")
+    parser.add_argument("--channels-last", action="store_true", help="both models and the batch in channels_last")
     parser.add_argument("--smoke", action="store_true", help="toy run: 2x3x64x64, one round")
     args = parser.parse_args()
     shapes = args.shapes or ([(2, 3, 64, 64)] if args.smoke else [(2, 3, 256, 256), (8, 3, 224, 192)])
     repeats = 1 if args.smoke else args.repeats
     smp = _smp()
     print(f"# {machine()}; segmentation_models_pytorch {smp.__version__}; {repeats} ABBA rounds, "
-          f"{NUM_CLASSES} classes, AdamW\n")
-    rows = [compare(name, available[name], shape, repeats) for shape in shapes for name in args.models]
+          f"{NUM_CLASSES} classes, AdamW, {'channels_last' if args.channels_last else 'contiguous (NCHW)'}\n")
+    rows = [compare(name, available[name], shape, repeats, args.channels_last)
+            for shape in shapes for name in args.models]
     print(table(rows))
 
 
