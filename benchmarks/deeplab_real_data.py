@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -48,15 +46,12 @@ def child(args: argparse.Namespace) -> None:
 
 def run_row(run: str, dataset: str, args: argparse.Namespace) -> Dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", run, "--datasets", dataset, "--root",
-           str(args.root), "--encoder", args.encoder, "--epochs", str(args.epochs), "--batch-size",
+           str(args.root.resolve()), "--encoder", args.encoder, "--epochs", str(args.epochs), "--batch-size",
            str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{run} on {dataset} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
-    row["seconds"] = time.perf_counter() - start
-    return row
+    try:
+        return real_data.run_child(cmd, f"{run} on {dataset}")
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def table(results: Dict[str, Dict[str, Dict]], infos: Dict[str, Dict], args: argparse.Namespace) -> str:

@@ -219,11 +219,17 @@ def plain_loop_process(run: str, root: Path, args: argparse.Namespace) -> Dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", run, "--datasets", str(root),
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
            "--seed", str(args.seed), "--loss", args.loss]
+    return run_child(cmd, run)
+
+
+def run_child(cmd: Sequence[str], what: str) -> Dict:
+    """Run a plain-loop child (progress lines, then its row as JSON on the last line) in a fresh process; the row,
+    with ``seconds`` the wall time measured from outside and ``loop_seconds`` the loop's own."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{run} failed (exit {proc.returncode}):\n" + proc.stderr[-2000:])
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n" + proc.stderr[-2000:])
     *progress, last = proc.stdout.strip().splitlines()
     print("\n".join(progress), flush=True)
     row = json.loads(last)
