@@ -55,6 +55,8 @@ def pairs() -> Dict[str, Tuple[Callable[[], nn.Module], Callable[[], nn.Module]]
                                   lambda: smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=NUM_CLASSES,
                                                             encoder_output_stride=16)),
     }
+
+
 DEFAULT_MODELS = ["UNet-R18", "UNet-R34", "DeepLabV3+-R50"]
 
 
