@@ -57,10 +57,26 @@ def test_dangerous_target_from_overrides_stops_train_before_anything_runs(tmp_pa
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("override", ["+foo._target_=os.system", "task.optimizer._target_=torch.serialization.load",
-                                      "model.upsampler._target_=torch.multiprocessing.spawn",
-                                      "+callbacks.evil._target_=torch.utils.model_zoo.load_url"])
-def test_cli_refuses_before_anything_runs(tmp_path, override):
+OVERRIDES = ["+foo._target_=os.system", "task.optimizer._target_=torch.serialization.load",
+             "model.upsampler._target_=torch.multiprocessing.spawn",
+             "+callbacks.evil._target_=torch.utils.model_zoo.load_url"]
+
+
+@pytest.mark.parametrize("override", OVERRIDES)
+def test_dangerous_override_in_any_group_stops_train_before_anything_runs(tmp_path, override):
+    from segkit.pipeline import train
+
+    marker = tmp_path / "pwned"
+    cfg = compose_cfg("train", [override, f"+foo._args_=['touch {marker}']"], tmp_path)
+    key, target = override.lstrip("+").split("=", 1)
+    with pytest.raises(UnsafeConfigError, match=re.escape(f"{key}={target!r} is not an allowed target")):
+        train(cfg)
+    assert not marker.exists() and not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_before_anything_runs(tmp_path):
+    """The script's own path (one process; the groups above go through the same train())."""
+    override = OVERRIDES[0]
     marker = tmp_path / "pwned"
     run_dir = tmp_path / "run"
     proc = subprocess.run(
