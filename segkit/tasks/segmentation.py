@@ -8,14 +8,12 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.plugins.precision import MixedPrecision
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from segkit.data.spec import DataSpec, as_spec
 from segkit.losses import CrossEntropyLoss
 from segkit.metrics import iou_per_class, segmentation_metrics, summarize
-from segkit.tasks.optim import AutoFusedOptimizer, default_optimizer, resolve_fused
 
 # The override below is deliberate (see transfer_batch_to_device); Lightning notes it on every fit.
 warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device` in `LightningModule`.*")
@@ -28,11 +26,8 @@ class SegmentationTask(L.LightningModule):
     ``ignore_index``, class names, input channels and normalisation; it travels in every checkpoint. Batches arrive as
     uint8 (0-255) or float (0-1) images and are normalised here, on the device. Nets with an auxiliary head
     (``forward(x, return_aux=True)``) add ``aux_weight`` x its loss. ``optimizer`` and ``scheduler`` are factories
-    (Hydra ``_partial_``); the scheduler gets ``total_steps``. An optimizer partial with ``fused="auto"`` (the
-    configs' default) uses torch's fused kernel where the parameters' device has one
-    (:class:`~segkit.tasks.optim.AutoFusedOptimizer`); without an optimizer: AdamW, lr 1e-3, fused likewise.
-    ``nan_policy``: ``"raise"`` stops at the first non-finite loss, ``"skip"`` skips that step (single process
-    only).
+    (Hydra ``_partial_``); the scheduler gets ``total_steps``. ``nan_policy``: ``"raise"`` stops at the first
+    non-finite loss, ``"skip"`` skips that step (single process only).
 
     ``inference`` (``mode`` whole/slide/tta and its options, see :func:`segkit.inference.infer`) is how validation,
     test and predict steps run the network: training validates with ``whole``; ``scripts/evaluate.py`` sets it from
@@ -55,7 +50,7 @@ class SegmentationTask(L.LightningModule):
         self.loss = loss if loss is not None else CrossEntropyLoss(255 if self.ignore_index is None
                                                                    else self.ignore_index)
         _check_loss_ignore_index(self.loss, self.ignore_index)
-        self.optimizer_factory = resolve_fused(optimizer) if optimizer is not None else default_optimizer()
+        self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3))
         self.scheduler_factory = scheduler
         self.aux_weight = aux_weight
         self.nan_policy = nan_policy
@@ -187,15 +182,7 @@ class SegmentationTask(L.LightningModule):
 
     # ---- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        factory = self.optimizer_factory
-        if isinstance(factory, AutoFusedOptimizer):
-            trainer = self._trainer  # Lightning refuses to clip gradients under AMP with a fused optimizer
-            amp_clipping = (trainer is not None and bool(trainer.gradient_clip_val)
-                            and isinstance(trainer.precision_plugin, MixedPrecision))
-            optimizer = factory(self.parameters(), allow_fused=not amp_clipping)
-            rank_zero_info(f"optimizer: {factory.chosen} (task.optimizer.fused: auto; true/false to choose)")
-        else:
-            optimizer = factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
