@@ -220,7 +220,7 @@ def test_unet_decoder_equals_smp_with_the_same_weights():
     with segkit's decoder weights gives the same output on the same encoder features."""
     smp = pytest.importorskip("segmentation_models_pytorch")
     torch.manual_seed(0)
-    net = UNet("resnet18", num_classes=3).double().eval()
+    net = UNet("resnet18", num_classes=3, final_step_convs=2).double().eval()  # smp's last step: a double conv
     ref = smp.Unet("resnet18", encoder_weights=None, classes=3).double().eval()
     ours, theirs = net.decoder.state_dict(), ref.decoder.state_dict()
     assert [v.shape for v in ours.values()] == [v.shape for v in theirs.values()]
@@ -229,6 +229,35 @@ def test_unet_decoder_equals_smp_with_the_same_weights():
     with torch.no_grad():
         features = net.encoder(x)
         assert torch.allclose(net.decoder(features, [64, 96]), ref.decoder([x] + features), atol=1e-10)
+
+
+def test_unet_last_step_to_stride_1_has_one_conv_by_default():
+    """A ResNet's stem is at stride 2, so its U-Net has a last, skip-less step to full resolution: one conv there by
+    default (the 3x3 classifier follows), two with final_step_convs=2; every step with a skip keeps its double conv.
+    The default's convolutions are smp's minus that step's second 16-channel conv, exactly."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    lean, double = UNet("resnet18", num_classes=3), UNet("resnet18", num_classes=3, final_step_convs=2)
+    assert [len(b) for b in lean.decoder.blocks] == [2, 2, 2, 2, 1]
+    assert [len(b) for b in double.decoder.blocks] == [2, 2, 2, 2, 2]
+    # the plain U-Net's encoder starts at full resolution: no skip-less step, nothing changes
+    assert all(len(b) == 2 for b in UNet("unet", final_step_convs=1).decoder.blocks)
+    with pytest.raises(ValueError, match="final_step_convs must be 1 or 2, got 3"):
+        UNet("resnet18", final_step_convs=3)
+    ref = smp.Unet("resnet18", encoder_weights=None, classes=3)
+
+    def conv_flops(model):
+        for block in getattr(model.decoder, "blocks", []):
+            if hasattr(block, "fuse_nearest"):
+                block.fuse_nearest = False  # count the plain resize + concat + conv, as smp computes it
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.eval()(torch.randn(1, 3, 64, 96))
+        return counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
+
+    last = 2 * 16 * 16 * 9 * 64 * 96  # the dropped 3x3 conv, 16 -> 16 channels over the 64x96 input
+    assert conv_flops(double) == conv_flops(ref)
+    assert conv_flops(lean) == conv_flops(ref) - last
+    x = torch.randn(2, 3, 61, 83)  # odd size: the last step still reaches the input size
+    assert lean(x).shape == (2, 3, 61, 83)
 
 
 def test_deeplabv3plus_is_separable_by_default():

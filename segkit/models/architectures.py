@@ -33,14 +33,18 @@ class UNet(Segmenter):
     ``encoder_weights`` (every architecture): ``None``, a local state dict file, or a weights name (``"DEFAULT"``).
     ``head_kernel=3`` (default): the classifier is a 3x3 conv over the last full-resolution map (16 channels on
     ResNets; as smp's U-Net), which sees each pixel's neighbourhood; 1 for a pointwise classifier.
+    ``final_step_convs``: 3x3 convs in the last, skip-less step to stride 1 that encoders with a stride-2 stem need
+    (1, the default; 2 as smp's U-Net). See :class:`~segkit.models.decoders.UNetDecoder`.
     """
 
     def __init__(self, encoder: Encoder = "unet", num_classes: int = 2, in_channels: int = 3,
                  output_stride: Optional[int] = None, upsampler: UpsamplerSpec = "nearest",
                  decoder_channels: Optional[Sequence[int]] = None, encoder_weights: WeightsSpec = None,
-                 encoder_kwargs: Optional[Dict[str, Any]] = None, head_kernel: int = 3) -> None:
+                 encoder_kwargs: Optional[Dict[str, Any]] = None, head_kernel: int = 3,
+                 final_step_convs: int = 1) -> None:
         enc = build_encoder(encoder, in_channels, output_stride, encoder_weights, **(encoder_kwargs or {}))
-        dec = UNetDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), decoder_channels)
+        dec = UNetDecoder(enc.out_channels, enc.reductions, upsampler_factory(upsampler), decoder_channels,
+                          final_step_convs)
         super().__init__(enc, dec, num_classes, head_kernel=head_kernel)
         nn.init.zeros_(self.head.bias)  # no class favoured at the start; weights keep PyTorch's small uniform init
 

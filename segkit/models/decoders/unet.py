@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.layers.conv import DoubleConv, init_relu_convs_
+from segkit.models.layers.conv import ConvNormAct, init_relu_convs_
 from segkit.models.layers.upsample import InterpolateUpsample, _tracing, is_parameter_free, nearest2x_conv3x3
 
 
@@ -25,8 +25,9 @@ def default_decoder_channels(encoder_channels: Sequence[int], n_steps: int) -> L
     return widths
 
 
-class UNetBlock(DoubleConv):
-    """Double conv on ``cat([up(x, size), skip])`` (``skip`` may be ``None``: the last step to stride 1).
+class UNetBlock(nn.Sequential):
+    """``n_convs`` 3x3 ``ConvNormAct`` (2: the U-Net double conv) on ``cat([up(x, size), skip])`` (``skip`` may be
+    ``None``: the last step to stride 1).
 
     When ``up`` is a plain nearest resize and the step is an exact 2x, the first conv runs on ``x`` at its own
     resolution (:func:`nearest2x_conv3x3`) plus a conv on the skip: the same function at a fraction of the cost, no
@@ -34,8 +35,10 @@ class UNetBlock(DoubleConv):
     plain path (parameters are the same either way).
     """
 
-    def __init__(self, up: nn.Module, up_channels: int, skip_channels: int, out_channels: int) -> None:
-        super().__init__(up_channels + skip_channels, out_channels)
+    def __init__(self, up: nn.Module, up_channels: int, skip_channels: int, out_channels: int,
+                 n_convs: int = 2) -> None:
+        super().__init__(*(ConvNormAct(up_channels + skip_channels if i == 0 else out_channels, out_channels, 3)
+                           for i in range(n_convs)))
         conv = self[0][0]
         self.fuse_nearest = (isinstance(up, InterpolateUpsample) and up.mode == "nearest"
                              and isinstance(up.project, nn.Identity) and conv.kernel_size == (3, 3)
@@ -47,7 +50,7 @@ class UNetBlock(DoubleConv):
                 or int(size[0]) != 2 * int(x.shape[-2]) or int(size[1]) != 2 * int(x.shape[-1])):
             x = up(x, size)
             return super().forward(x if skip is None else torch.cat([x, skip], dim=1))
-        first, rest = self[0], self[1]
+        first = self[0]
         conv = first[0]
         y = nearest2x_conv3x3(x, conv.weight[:, : self.up_channels])
         if skip is not None:
@@ -56,23 +59,31 @@ class UNetBlock(DoubleConv):
             y = y + conv.bias[:, None, None]
         for layer in list(first)[1:]:
             y = layer(y)
-        return rest(y)
+        for block in list(self)[1:]:
+            y = block(y)
+        return y
 
 
 class UNetDecoder(nn.Module):
     """Works on any encoder that declares ``out_channels`` and ``reductions``.
 
-    One step per skip connection (deepest first), plus a last step to stride 1 when the shallowest feature is
-    coarser than the input (ResNet stems are at stride 2): upsample to the skip's size, concatenate the skip, two
-    3x3 convs. ``upsample(in, out, scale)`` builds each upsampler. A parameter-free one (``"nearest"``, the default,
+    One step per skip connection (deepest first): upsample to the skip's size, concatenate the skip, two 3x3 convs.
+    When the shallowest feature is coarser than the input (ResNet stems are at stride 2), a last step without a skip
+    brings the map to stride 1 with ``final_step_convs`` 3x3 convs: 1 by default (the classifier that follows is a
+    3x3 conv too, so the full-resolution map still sees two convs), 2 for smp's layout. With nothing to fuse there,
+    the second conv is the costliest one per FLOP of the decoder (16 channels at full resolution); dropping it left
+    mIoU unchanged on both real datasets (BENCHMARKS.md §1a). ``upsample(in, out, scale)`` builds each upsampler. A parameter-free one (``"nearest"``, the default,
     or ``"bilinear"``) keeps the incoming width, as smp's U-Net; a learnable one (``"conv_transpose"``,
     ``"resize_conv"``, ``"pixel_shuffle"``) maps to the step's (narrower) output width, so no wide map is convolved
     at the higher resolution. Widths: :func:`default_decoder_channels`. Block convs are He-initialised (fan-out).
     """
 
     def __init__(self, encoder_channels: Sequence[int], encoder_reductions: Sequence[int],
-                 upsample: Callable[..., nn.Module], decoder_channels: Optional[Sequence[int]] = None) -> None:
+                 upsample: Callable[..., nn.Module], decoder_channels: Optional[Sequence[int]] = None,
+                 final_step_convs: int = 1) -> None:
         super().__init__()
+        if final_step_convs not in (1, 2):
+            raise ValueError(f"final_step_convs must be 1 or 2, got {final_step_convs}")
         skips = list(range(len(encoder_channels) - 2, -1, -1))
         n_steps = len(skips) + (1 if encoder_reductions[0] > 1 else 0)
         if decoder_channels is None:
@@ -89,7 +100,7 @@ class UNetDecoder(nn.Module):
             c_skip = encoder_channels[skip] if skip >= 0 else 0
             c_up = c_in if keep_width else c_out
             ups.append(upsample(c_in, c_up, r_in // r_out))
-            blocks.append(UNetBlock(ups[-1], c_up, c_skip, c_out))
+            blocks.append(UNetBlock(ups[-1], c_up, c_skip, c_out, 2 if skip >= 0 else final_step_convs))
             c_in, r_in = c_out, r_out
         self.ups, self.blocks = nn.ModuleList(ups), nn.ModuleList(blocks)
         init_relu_convs_(self.blocks)
