@@ -2,10 +2,10 @@
 
     python benchmarks/train_step.py [--size 256] [--batch 2] [--repeats 5] [--device cpu|cuda]
 
-Pairs: segkit DeepLabV3(resnet50, output_stride 8, aux head) vs torchvision deeplabv3_resnet50(aux_loss=True);
-segkit UNet(resnet34) vs a plain-PyTorch U-Net-R34 written here with the same layers. Prints median seconds per
-step, the ratio of the medians segkit / reference (< 1 means segkit is faster), and the spread of the per-round
-ratios (each round times both models back to back, so drift cancels within a round).
+Pair: segkit DeepLabV3(resnet50, output_stride 8, aux head) vs torchvision deeplabv3_resnet50(aux_loss=True), the
+same layers. U-Nets and DeepLabV3+ are measured against their peer, segmentation_models.pytorch, in peers.py.
+Prints median seconds per step, the ratio of the medians segkit / reference (< 1 means segkit is faster), and the
+spread of the per-round ratios (each round times both models back to back, so drift cancels within a round).
 """
 from __future__ import annotations
 
@@ -14,47 +14,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch import nn
 
 from common import interleaved, machine, median, quartiles
-from segkit.models import DeepLabV3, UNet
-
-
-class PlainUNetR34(nn.Module):
-    """Reference: torchvision ResNet-34 encoder + the same U-Net decoder written out by hand."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        r = torchvision.models.resnet34(weights=None)
-        self.stem = nn.Sequential(r.conv1, r.bn1, r.relu)
-        self.pool, self.layers = r.maxpool, nn.ModuleList([r.layer1, r.layer2, r.layer3, r.layer4])
-        skips, dec = [256, 128, 64, 64], [256, 128, 64, 64, 32]
-        c_in, self.ups, self.blocks = 512, nn.ModuleList(), nn.ModuleList()
-        for i, c_out in enumerate(dec):
-            c_skip = skips[i] if i < len(skips) else 0
-            self.ups.append(nn.ConvTranspose2d(c_in, c_out, 3, 2, 1))
-            self.blocks.append(nn.Sequential(
-                nn.Conv2d(c_out + c_skip, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
-                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)))
-            c_in = c_out
-        self.head = nn.Conv2d(c_in, num_classes, 1)
-
-    def forward(self, x):
-        size = x.shape[-2:]
-        s = self.stem(x)
-        feats = [s]
-        y = self.pool(s)
-        for layer in self.layers:
-            y = layer(y)
-            feats.append(y)
-        y = feats[-1]
-        targets = [f.shape[-2:] for f in feats[-2::-1]] + [size]
-        for i, (up, block) in enumerate(zip(self.ups, self.blocks)):
-            y = up(y, output_size=targets[i])
-            if i < len(feats) - 1:
-                y = torch.cat([y, feats[-2 - i]], 1)
-            y = block(y)
-        return self.head(y)
+from segkit.models import DeepLabV3
 
 
 def step_fn(model, x, y, aux_key: bool):
@@ -83,7 +45,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--classes", type=int, default=21)
-    p.add_argument("--models", nargs="+", default=["DeepLabV3-R50 os8 +aux", "UNet-R34"])
+    p.add_argument("--models", nargs="+", default=["DeepLabV3-R50 os8 +aux"])
     args = p.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -95,7 +57,6 @@ def main() -> None:
             lambda: DeepLabV3("resnet50", args.classes, output_stride=8, aux_head=True), True,
             lambda: torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None,
                                                                       num_classes=args.classes, aux_loss=True)),
-        "UNet-R34": (lambda: UNet("resnet34", args.classes), False, lambda: PlainUNetR34(args.classes)),
     }
     print("| model | segkit s/step | reference s/step | ratio segkit/reference | per-round ratios: median [IQR] |")
     print("|---|---|---|---|---|")

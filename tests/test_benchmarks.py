@@ -9,7 +9,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 RUNS = {
-    "train_step.py": (["--size", "32", "--batch", "2", "--repeats", "1"], "| UNet-R34 |"),
+    "train_step.py": (["--size", "32", "--batch", "2", "--repeats", "1"], "| DeepLabV3-R50 os8 +aux |"),
     "lightning_overhead.py": (["--steps", "7", "--repeats", "1"], "Lightning overhead:"),
     "evaluation.py": (["--size", "64", "--window", "32", "--images", "1"], "| slide 32, stride 16 |"),
     "data_pipeline.py": (["--images", "16", "--crop", "64", "--workers", "0", "--model-batches", "1"],
