@@ -6,10 +6,10 @@ import functools
 import importlib
 import shlex
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 # What a ``_target_`` may name without ``allowed_targets``: a class, found under one of these dotted prefixes and
 # defined in that package, that subclasses one of the listed bases. Rules go by kind, not by name, so a new segkit
@@ -184,8 +184,38 @@ CHECKPOINT_REBUILT = ("model", "task", "data")
 def model_config_from_checkpoint(ckpt: Dict[str, Any], allowed: Iterable[str] = (), path: Optional[str] = None
                                  ) -> DictConfig:
     """The run config stored in a checkpoint, its :data:`CHECKPOINT_REBUILT` parts checked against the allowlist
-    (``allowed`` comes from the current command line, never from the checkpoint)."""
+    (``allowed`` comes from the current command line, never from the checkpoint), its model config brought up to
+    date by :func:`upgrade_model_config`."""
     cfg = OmegaConf.create(ckpt["segkit"]["config"])
     check_targets({k: cfg.get(k) for k in CHECKPOINT_REBUILT}, allowed,
                   source=f"checkpoint {path}" if path else "checkpoint")
+    if cfg.get("model") is not None:
+        upgrade_model_config(cfg.model)
     return cfg
+
+
+# Model arguments added after configs were saved without them, per target, with the value that rebuilds the layout
+# those older configs' weights have (the new default differs).
+LEGACY_MODEL_ARGS: Dict[str, Dict[str, Any]] = {
+    # 2026-12-02: the U-Net's last, skip-less step to stride 1 went from two 3x3 convs (smp's) to one
+    "segkit.models.UNet": {"final_step_convs": 2},
+    "segkit.models.architectures.UNet": {"final_step_convs": 2},
+}
+
+
+def legacy_model_args(model_cfg: Any) -> Dict[str, Any]:
+    """The :data:`LEGACY_MODEL_ARGS` a stored model config lacks: what an older segkit built for it."""
+    if model_cfg is None:
+        return {}
+    args = LEGACY_MODEL_ARGS.get(str(model_cfg.get("_target_")), {})
+    return {key: value for key, value in args.items() if key not in model_cfg}
+
+
+def upgrade_model_config(model_cfg: DictConfig) -> List[str]:
+    """Fill in, in place, the arguments a model config saved by an older segkit lacks (:data:`LEGACY_MODEL_ARGS`),
+    so its checkpoint's weights fit the model it builds; returns ``key=value`` for each one filled in."""
+    filled = legacy_model_args(model_cfg)
+    with open_dict(model_cfg):
+        for key, value in filled.items():
+            model_cfg[key] = value
+    return [f"{key}={value}" for key, value in filled.items()]

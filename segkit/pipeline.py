@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segkit.config import check_targets, load_checkpoint, to_plain
+from segkit.config import check_targets, legacy_model_args, load_checkpoint, model_config_from_checkpoint, to_plain
 from segkit.models.segmenter import load_weights_or_explain
 
 
@@ -107,6 +107,20 @@ def resolve_resume(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
     return str(last)
 
 
+def resume_model_layout(cfg: DictConfig, ckpt_path: str) -> None:
+    """Resuming a checkpoint whose stored model config predates an argument (:data:`LEGACY_MODEL_ARGS`): build the
+    layout its weights have, and say so, instead of failing to load them into today's default."""
+    stored = load_checkpoint(ckpt_path)["segkit"]["config"].get("model")
+    if stored is None or cfg.get("model") is None or stored.get("_target_") != cfg.model.get("_target_"):
+        return
+    filled = legacy_model_args(OmegaConf.create(stored))
+    if filled:
+        with open_dict(cfg.model):
+            cfg.model.update(filled)
+        rank_zero_info(f"resume: {ckpt_path} was written by an older segkit; its model keeps that layout: "
+                       + ", ".join(f"model.{k}={v}" for k, v in filled.items()))
+
+
 def build_task(cfg: DictConfig, datamodule: Any) -> Any:
     """The network and the task for ``cfg``, checked against the data's spec (classes, channels, ignore_index)."""
     spec = datamodule.spec
@@ -126,6 +140,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any
     check_targets(cfg, cfg.get("allowed_targets") or ())
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_resume(cfg.get("ckpt_path"), run_dir)
+    if ckpt_path:
+        resume_model_layout(cfg, ckpt_path)
     ensure_writable(run_dir, "run directory")
     L.seed_everything(cfg.seed, workers=True)
 
@@ -166,18 +182,16 @@ def load_task_from_checkpoint(ckpt_path: str, allowed=()) -> tuple[Any, DictConf
     from segkit.data.spec import DataSpec
 
     ckpt = load_checkpoint(ckpt_path)
-    cfg = OmegaConf.create(ckpt["segkit"]["config"])
     # only what evaluate/predict/export rebuild is checked (model, task, data): a training-time callback or logger
-    # target is never built again
-    check_targets(OmegaConf.create({k: cfg.get(k) for k in ("model", "task", "data")}), allowed,
-                  source=f"checkpoint {ckpt_path}")
+    # target is never built again; a model config from an older segkit gets the arguments its weights need
+    cfg = model_config_from_checkpoint(ckpt, allowed, str(ckpt_path))
     spec = ckpt["segkit"].get("spec")
     if spec is None:
         raise ValueError(f"{ckpt_path} was written by segkit 0.1 (no data spec inside); retrain it with this version "
                          "or evaluate it with segkit 0.1")
     net = instantiate(cfg.model)
     task = instantiate(cfg.task, net=net, spec=DataSpec.from_dict(spec))
-    task.run_config = ckpt["segkit"]["config"]
+    task.run_config = to_plain(cfg)
     load_weights_or_explain(task, ckpt["state_dict"], str(ckpt_path),
                             f"that its stored config builds ({cfg.model.get('_target_')})")
     return task.eval(), cfg

@@ -1,4 +1,5 @@
 """Bad input gets a clear error naming the file or key; nothing unsafe is loaded or instantiated."""
+import json
 import os
 import pickle
 import re
@@ -318,3 +319,41 @@ def test_checkpoint_from_an_older_model_gets_a_clear_error(tmp_path):
     stored["model"]["head_kernel"] = 3
     torch.save({"state_dict": task.state_dict(), "segkit": {"config": stored, "spec": task.spec.to_dict()}}, path)
     assert load_task_from_checkpoint(str(path))[0].net.num_classes == task.net.num_classes
+
+
+def test_unet_checkpoint_from_before_final_step_convs_keeps_its_layout(tmp_path):
+    """A ResNet U-Net saved before ``final_step_convs`` existed has smp's two convs in its last step and no such key
+    in its stored config: evaluation/export (checkpoint), from_pretrained (folder) and resume rebuild that layout."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import segkit
+    from conftest import compose_cfg
+    from segkit.export import save_safetensors
+    from segkit.pipeline import build_task, load_task_from_checkpoint, resume_model_layout
+
+    cfg = compose_cfg("train", ["model=unet", "model.encoder=resnet18", "model.final_step_convs=2", "task/loss=ce"],
+                      tmp_path)
+    task = build_task(cfg, instantiate(cfg.data))
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    del stored["model"]["final_step_convs"]  # as an older segkit saved it
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": task.state_dict(), "segkit": {"config": stored, "spec": task.spec.to_dict()}}, path)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = task.net.eval()(x)
+        loaded, loaded_cfg = load_task_from_checkpoint(str(path))
+        assert loaded_cfg.model.final_step_convs == 2 and loaded.run_config["model"]["final_step_convs"] == 2
+        assert torch.equal(loaded.net(x), expected)
+
+        folder = tmp_path / "pretrained"
+        folder.mkdir()
+        save_safetensors(task.net, folder / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps({"model": stored["model"], "spec": task.spec.to_dict()}))
+        assert torch.equal(segkit.from_pretrained(str(folder)).net(x), expected)
+
+    fresh = compose_cfg("train", ["model=unet", "model.encoder=resnet18", "task/loss=ce"], tmp_path)
+    assert fresh.model.final_step_convs == 1  # today's default
+    resume_model_layout(fresh, str(path))
+    assert fresh.model.final_step_convs == 2
+    instantiate(fresh.model).load_state_dict(task.net.state_dict())  # the resumed model takes the old weights

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from segkit.analysis.artifacts import model_checkerboard_scores
 from segkit.analysis.plots import bar_chart, stack_vertical
-from segkit.config import check_targets
+from segkit.config import check_targets, upgrade_model_config
 
 
 def expand_runs(paths: Sequence[str]) -> List[Path]:
@@ -49,6 +49,7 @@ def summarize_run(run: Path) -> Dict[str, Any]:
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = OmegaConf.load(run / "config.yaml")
     check_targets(cfg.model, cfg.get("allowed_targets") or (), source=str(run / "config.yaml"))
+    upgrade_model_config(cfg.model)  # a run of an older segkit: the layout its checkpoint has
     torch.manual_seed(0)
     fresh = instantiate(cfg.model)
     init_scores = model_checkerboard_scores(fresh)

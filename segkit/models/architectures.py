@@ -33,8 +33,8 @@ class UNet(Segmenter):
     ``encoder_weights`` (every architecture): ``None``, a local state dict file, or a weights name (``"DEFAULT"``).
     ``head_kernel=3`` (default): the classifier is a 3x3 conv over the last full-resolution map (16 channels on
     ResNets; as smp's U-Net), which sees each pixel's neighbourhood; 1 for a pointwise classifier.
-    ``final_step_convs``: 3x3 convs in the last, skip-less step to stride 1 that encoders with a stride-2 stem need
-    (1, the default; 2 as smp's U-Net). See :class:`~segkit.models.decoders.UNetDecoder`.
+    ``final_step_convs``: 3x3 convs in the last, skip-less step to stride 1 that encoders need whose first feature is
+    coarser than the input, as ResNets (1, the default; 2 as smp's U-Net). See :class:`~segkit.models.decoders.UNetDecoder`.
     """
 
     def __init__(self, encoder: Encoder = "unet", num_classes: int = 2, in_channels: int = 3,

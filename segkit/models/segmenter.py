@@ -14,8 +14,8 @@ from segkit.models.layers.conv import ConvNormAct
 
 # Layout changes that make older weights not fit; named in the error so a user knows why.
 LAYOUT_CHANGES = ("the U-Net and DeepLabV3+ decoders changed on 2026-11-22, DeepLabV3+'s separable convs on "
-                  "2026-12-02, the U-Net's last step to stride 1 on 2026-12-02 (model.final_step_convs=2 "
-                  "rebuilds the older layout)")
+                  "2026-12-02, the U-Net's last step to stride 1 on 2026-12-02 (a U-Net config saved before that "
+                  "is rebuilt with final_step_convs=2 by itself)")
 
 
 def load_weights_or_explain(module: nn.Module, state_dict: dict, source: str, model: str) -> None:

@@ -1,4 +1,5 @@
-"""U-Net decoder: upsample, concatenate the skip connection, double conv — from the deepest feature to stride 1."""
+"""U-Net decoder: upsample, concatenate the skip connection, double conv — from the deepest feature to stride 1
+(one conv, by default, in a last step that has no skip)."""
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence
@@ -37,8 +38,11 @@ class UNetBlock(nn.Sequential):
 
     def __init__(self, up: nn.Module, up_channels: int, skip_channels: int, out_channels: int,
                  n_convs: int = 2) -> None:
+        if n_convs < 1:
+            raise ValueError(f"a U-Net step needs at least one conv, got n_convs={n_convs}")
         super().__init__(*(ConvNormAct(up_channels + skip_channels if i == 0 else out_channels, out_channels, 3)
                            for i in range(n_convs)))
+        self.in_channels, self.out_channels = up_channels + skip_channels, out_channels
         conv = self[0][0]
         self.fuse_nearest = (isinstance(up, InterpolateUpsample) and up.mode == "nearest"
                              and isinstance(up.project, nn.Identity) and conv.kernel_size == (3, 3)
@@ -68,14 +72,14 @@ class UNetDecoder(nn.Module):
     """Works on any encoder that declares ``out_channels`` and ``reductions``.
 
     One step per skip connection (deepest first): upsample to the skip's size, concatenate the skip, two 3x3 convs.
-    When the shallowest feature is coarser than the input (ResNet stems are at stride 2), a last step without a skip
-    brings the map to stride 1 with ``final_step_convs`` 3x3 convs: 1 by default (the classifier that follows is a
-    3x3 conv too, so the full-resolution map still sees two convs), 2 for smp's layout. With nothing to fuse there,
-    the second conv is the costliest one per FLOP of the decoder (16 channels at full resolution); dropping it left
-    mIoU unchanged on both real datasets (BENCHMARKS.md §1a). ``upsample(in, out, scale)`` builds each upsampler. A parameter-free one (``"nearest"``, the default,
-    or ``"bilinear"``) keeps the incoming width, as smp's U-Net; a learnable one (``"conv_transpose"``,
-    ``"resize_conv"``, ``"pixel_shuffle"``) maps to the step's (narrower) output width, so no wide map is convolved
-    at the higher resolution. Widths: :func:`default_decoder_channels`. Block convs are He-initialised (fan-out).
+    When the shallowest feature is coarser than the input (ResNet stems are at stride 2, ConvNeXt's at 4), a last
+    step without a skip brings the map to stride 1 with ``final_step_convs`` 3x3 convs: 1 by default, 2 for smp's
+    layout. With nothing to fuse there, its second conv is the one that costs the most time per FLOP in the decoder
+    (16 channels at full resolution); without it the default 3x3 classifier is the second conv at full resolution,
+    and mIoU on both real datasets was unchanged (BENCHMARKS.md §6). ``upsample(in, out, scale)`` builds each
+    upsampler. A parameter-free one (``"nearest"``, the default, or ``"bilinear"``) keeps the incoming width, as smp's
+    U-Net; a learnable one (``"conv_transpose"``, ``"resize_conv"``, ``"pixel_shuffle"``) maps to the step's
+    (narrower) output width, so no wide map is convolved at the higher resolution. Widths: :func:`default_decoder_channels`. Block convs are He-initialised (fan-out).
     """
 
     def __init__(self, encoder_channels: Sequence[int], encoder_reductions: Sequence[int],
