@@ -1,6 +1,6 @@
 """Train step of segkit models vs their segmentation_models.pytorch (smp) peers: parameters, FLOPs and step time.
 
-    python benchmarks/peers.py [--models UNet-R18 UNet-R34 DeepLabV3+-R50 [DeepLabV3+-R50-dwnorm]]
+    python benchmarks/peers.py [--models UNet-R18 UNet-R34 DeepLabV3+-R50 [UNet-R34-2conv DeepLabV3+-R50-dwnorm]]
                                [--shapes 2x3x256x256 8x3x224x192] [--repeats 10] [--channels-last] [--smoke]
 
 Needs the benchmark-only extra: ``pip install -c constraints.txt -e .[bench]`` (segmentation-models-pytorch).
@@ -47,6 +47,9 @@ def pairs() -> Dict[str, Tuple[Callable[[], nn.Module], Callable[[], nn.Module]]
                      lambda: smp.Unet("resnet18", encoder_weights=None, classes=NUM_CLASSES)),
         "UNet-R34": (lambda: UNet("resnet34", NUM_CLASSES),
                      lambda: smp.Unet("resnet34", encoder_weights=None, classes=NUM_CLASSES)),
+        # segkit with smp's double conv in the last, skip-less U-Net step (final_step_convs=2; not run unless asked)
+        "UNet-R34-2conv": (lambda: UNet("resnet34", NUM_CLASSES, final_step_convs=2),
+                           lambda: smp.Unet("resnet34", encoder_weights=None, classes=NUM_CLASSES)),
         "DeepLabV3+-R50": (lambda: DeepLabV3Plus("resnet50", NUM_CLASSES, output_stride=16),
                            lambda: smp.DeepLabV3Plus("resnet50", encoder_weights=None, classes=NUM_CLASSES,
                                                      encoder_output_stride=16)),
