@@ -6,7 +6,7 @@ import functools
 import importlib
 import shlex
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -159,13 +159,14 @@ def to_plain(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def load_checkpoint(path: str | Path) -> Dict[str, Any]:
-    """Load a segkit checkpoint safely: ``weights_only=True`` never runs pickled code."""
+def load_checkpoint(path: str | Path, mmap: bool = False) -> Dict[str, Any]:
+    """Load a segkit checkpoint safely: ``weights_only=True`` never runs pickled code. ``mmap=True`` maps the tensors
+    instead of reading them (for a caller that only needs the stored config)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}; pass ckpt_path=PATH to a .ckpt from a training run")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise ValueError(f"refusing to load {path}: it is not a plain-tensor checkpoint ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200]}). segkit checkpoints load with weights_only=True; "
@@ -205,17 +206,15 @@ LEGACY_MODEL_ARGS: Dict[str, Dict[str, Any]] = {
 
 def legacy_model_args(model_cfg: Any) -> Dict[str, Any]:
     """The :data:`LEGACY_MODEL_ARGS` a stored model config lacks: what an older segkit built for it."""
-    if model_cfg is None:
-        return {}
     args = LEGACY_MODEL_ARGS.get(str(model_cfg.get("_target_")), {})
     return {key: value for key, value in args.items() if key not in model_cfg}
 
 
-def upgrade_model_config(model_cfg: DictConfig) -> List[str]:
-    """Fill in, in place, the arguments a model config saved by an older segkit lacks (:data:`LEGACY_MODEL_ARGS`),
-    so its checkpoint's weights fit the model it builds; returns ``key=value`` for each one filled in."""
-    filled = legacy_model_args(model_cfg)
+def upgrade_model_config(model_cfg: DictConfig, saved: Any = None) -> Dict[str, Any]:
+    """Fill in, in place, the arguments that the model config ``saved`` by an older segkit lacks
+    (:data:`LEGACY_MODEL_ARGS`; ``saved`` defaults to ``model_cfg`` itself), so that the weights saved with it fit
+    the model ``model_cfg`` builds; returns what was filled in."""
+    filled = legacy_model_args(model_cfg if saved is None else saved)
     with open_dict(model_cfg):
-        for key, value in filled.items():
-            model_cfg[key] = value
-    return [f"{key}={value}" for key, value in filled.items()]
+        model_cfg.update(filled)
+    return filled

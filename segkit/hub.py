@@ -147,7 +147,7 @@ def save_pretrained(ckpt_path: str | Path, folder: str | Path, allowed: Iterable
     from segkit.pipeline import load_task_from_checkpoint
 
     ckpt_path = Path(ckpt_path)
-    meta = load_checkpoint(ckpt_path)["segkit"]
+    meta = load_checkpoint(ckpt_path, mmap=True)["segkit"]  # the tensors are read once, by the next line
     task, run_cfg = load_task_from_checkpoint(str(ckpt_path), allowed)
     spec = spec_from_checkpoint(meta)
     run_dir = ckpt_path.resolve().parent.parent
@@ -155,7 +155,7 @@ def save_pretrained(ckpt_path: str | Path, folder: str | Path, allowed: Iterable
     folder.mkdir(parents=True, exist_ok=True)
     data_cfg = meta["config"].get("data") or {}
     config = {"format": "segkit-pretrained", "format_version": FORMAT_VERSION, "name": folder.name,
-              "model": meta["config"]["model"], "spec": spec.to_dict(),
+              "model": task.run_config["model"], "spec": spec.to_dict(),  # older configs brought up to date
               "training": {"checkpoint": str(ckpt_path), "metrics": _read_json(run_dir / "metrics.json"),
                            "command": _training_command(run_dir), "data": data_cfg,
                            "size_divisor": getattr(task.net, "size_divisor", None)}}

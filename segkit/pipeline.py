@@ -17,7 +17,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segkit.config import check_targets, legacy_model_args, load_checkpoint, model_config_from_checkpoint, to_plain
+from segkit.config import (check_targets, load_checkpoint, model_config_from_checkpoint, to_plain,
+                           upgrade_model_config)
 from segkit.models.segmenter import load_weights_or_explain
 
 
@@ -110,13 +111,11 @@ def resolve_resume(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
 def resume_model_layout(cfg: DictConfig, ckpt_path: str) -> None:
     """Resuming a checkpoint whose stored model config predates an argument (:data:`LEGACY_MODEL_ARGS`): build the
     layout its weights have, and say so, instead of failing to load them into today's default."""
-    stored = load_checkpoint(ckpt_path)["segkit"]["config"].get("model")
+    stored = load_checkpoint(ckpt_path, mmap=True)["segkit"]["config"].get("model")
     if stored is None or cfg.get("model") is None or stored.get("_target_") != cfg.model.get("_target_"):
         return
-    filled = legacy_model_args(OmegaConf.create(stored))
+    filled = upgrade_model_config(cfg.model, saved=stored)
     if filled:
-        with open_dict(cfg.model):
-            cfg.model.update(filled)
         rank_zero_info(f"resume: {ckpt_path} was written by an older segkit; its model keeps that layout: "
                        + ", ".join(f"model.{k}={v}" for k, v in filled.items()))
 

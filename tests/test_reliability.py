@@ -351,6 +351,9 @@ def test_unet_checkpoint_from_before_final_step_convs_keeps_its_layout(tmp_path)
         save_safetensors(task.net, folder / "model.safetensors")
         (folder / "config.json").write_text(json.dumps({"model": stored["model"], "spec": task.spec.to_dict()}))
         assert torch.equal(segkit.from_pretrained(str(folder)).net(x), expected)
+        exported = segkit.hub.save_pretrained(path, tmp_path / "exported")  # writes the brought-up-to-date config
+        assert json.loads((exported / "config.json").read_text())["model"]["final_step_convs"] == 2
+        assert torch.equal(segkit.from_pretrained(str(exported)).net(x), expected)
 
     fresh = compose_cfg("train", ["model=unet", "model.encoder=resnet18", "task/loss=ce"], tmp_path)
     assert fresh.model.final_step_convs == 1  # today's default

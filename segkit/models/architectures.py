@@ -34,7 +34,8 @@ class UNet(Segmenter):
     ``head_kernel=3`` (default): the classifier is a 3x3 conv over the last full-resolution map (16 channels on
     ResNets; as smp's U-Net), which sees each pixel's neighbourhood; 1 for a pointwise classifier.
     ``final_step_convs``: 3x3 convs in the last, skip-less step to stride 1 that encoders need whose first feature is
-    coarser than the input, as ResNets (1, the default; 2 as smp's U-Net). See :class:`~segkit.models.decoders.UNetDecoder`.
+    coarser than the input, as ResNets (1, the default; 2 as smp's U-Net); see
+    :class:`~segkit.models.decoders.UNetDecoder`.
     """
 
     def __init__(self, encoder: Encoder = "unet", num_classes: int = 2, in_channels: int = 3,

@@ -79,7 +79,8 @@ class UNetDecoder(nn.Module):
     and mIoU on both real datasets was unchanged (BENCHMARKS.md §6). ``upsample(in, out, scale)`` builds each
     upsampler. A parameter-free one (``"nearest"``, the default, or ``"bilinear"``) keeps the incoming width, as smp's
     U-Net; a learnable one (``"conv_transpose"``, ``"resize_conv"``, ``"pixel_shuffle"``) maps to the step's
-    (narrower) output width, so no wide map is convolved at the higher resolution. Widths: :func:`default_decoder_channels`. Block convs are He-initialised (fan-out).
+    (narrower) output width, so no wide map is convolved at the higher resolution. Widths:
+    :func:`default_decoder_channels`. Block convs are He-initialised (fan-out).
     """
 
     def __init__(self, encoder_channels: Sequence[int], encoder_reductions: Sequence[int],
