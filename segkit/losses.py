@@ -157,7 +157,7 @@ class OhemCrossEntropyLoss(nn.Module):
     keep the non-ignored pixels whose cross-entropy exceeds ``thresh`` (``-ln 0.7`` ≈ 0.357: the true class has
     probability below 0.7), but at least the ``min_kept`` hardest ones, and average over those. Hardness is the
     unweighted cross-entropy; ``class_weights`` then weight the kept pixels (a weighted mean, like
-    ``F.cross_entropy``)."""
+    ``F.cross_entropy``). With ``min_kept=0`` and no pixel above ``thresh`` the loss is 0 (attached to the graph)."""
 
     def __init__(self, ignore_index: int = 255, thresh: float = 0.356675, min_kept: int = 100_000,
                  class_weights: Optional[Sequence[float]] = None) -> None:
@@ -173,6 +173,8 @@ class OhemCrossEntropyLoss(nn.Module):
             return logits.sum() * 0.0
         ce = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none")[valid]
         kept = max(min(self.min_kept, ce.numel()), int((ce.detach() > self.thresh).sum()))
+        if kept == 0:  # no pixel is hard (min_kept=0): nothing to learn from this batch, a zero that backprops
+            return logits.sum() * 0.0
         hardest = torch.topk(ce.detach(), kept, sorted=False).indices
         if self.weight is None:
             return ce[hardest].mean()

@@ -223,3 +223,37 @@ def test_loss_configs_compose_and_build(name, tmp_path):
     assert loss.ignore_index == cfg.data.ignore_index
     logits, target = _case(c=int(cfg.data.num_classes) if "num_classes" in cfg.data else 4)
     assert torch.isfinite(loss(logits, target.clamp_max(logits.shape[1] - 1)))
+
+
+# ------------------------------------------------------------------------------------- OHEM, by its definition
+def _ohem_by_definition(logits, target, thresh, min_kept):
+    """F.cross_entropy (mean) over exactly the pixels OHEM keeps: CE > thresh, at least the min_kept hardest; an empty
+    selection is 0 by definition (no hard pixel, nothing to learn)."""
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+    valid = target != IGNORE
+    hard = valid & (ce > thresh)
+    if int(hard.sum()) < min(min_kept, int(valid.sum())):
+        order = torch.argsort(ce.masked_fill(~valid, -1.0).flatten(), descending=True)
+        hard = torch.zeros_like(valid).flatten()
+        hard[order[: min(min_kept, int(valid.sum()))]] = True
+        hard = hard.view_as(valid)
+    if not hard.any():
+        return torch.tensor(0.0)
+    kept_target = torch.where(hard, target, torch.full_like(target, IGNORE))
+    return torch.nn.functional.cross_entropy(logits, kept_target, ignore_index=IGNORE)
+
+
+@pytest.mark.parametrize("thresh,min_kept", [(0.7, 0), (0.7, 25), (0.0, 0), (100.0, 0), (100.0, 5)])
+def test_ohem_is_cross_entropy_over_the_kept_pixels_and_zero_when_none_is_hard(thresh, min_kept):
+    """thresh=100, min_kept=0: no pixel is hard. The mean of an empty selection was NaN, which poisons training; the
+    loss is 0 then, still attached to the graph (backward works, zero gradients)."""
+    logits, target = _case(seed=12)
+    expected = _ohem_by_definition(logits, target, thresh, min_kept)
+    x = logits.clone().requires_grad_()
+    got = OhemCrossEntropyLoss(IGNORE, thresh=thresh, min_kept=min_kept)(x, target)
+    assert torch.isfinite(got) and got.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert got.requires_grad
+    got.backward()
+    assert torch.isfinite(x.grad).all()
+    if (thresh, min_kept) == (100.0, 0):
+        assert got.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x.grad))
