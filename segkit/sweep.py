@@ -5,7 +5,9 @@ used directly (``pip install -e .[sweep]``): Hydra's Optuna sweeper plugin pins 
 train config from the command's own overrides plus its sampled ones (config groups such as ``task/loss`` or
 ``model/upsampler`` included), trains in this process in ``<sweep dir>/trial_NNN`` and returns the final
 validation mIoU of its best checkpoint. Validation mIoU is reported to Optuna at every validation, so a pruner can
-stop hopeless trials early. The study lives in ``<sweep dir>/optuna.db``: run the same command with
+stop hopeless trials early. A trial that fails (out of memory, a loss gone NaN: ``task.nan_policy=raise``) is
+stored as failed, its reason logged and kept in the trial's ``fail_reason`` user attribute, and the sweep goes on;
+a failed trial is never the best one. The study lives in ``<sweep dir>/optuna.db``: run the same command with
 ``hydra.run.dir=<sweep dir>`` to add trials to it, ``optuna-dashboard sqlite:///<sweep dir>/optuna.db`` to browse it.
 """
 from __future__ import annotations
@@ -24,6 +26,10 @@ from segkit.config import train_command
 log = logging.getLogger(__name__)
 
 PARAM_TYPES = ("float", "int", "categorical")
+# Errors that fail one trial, not the sweep: out of memory (RuntimeError), a crop larger than the images
+# (ValueError), a diverging run (FloatingPointError from task.nan_policy=raise, an ArithmeticError). Such a trial
+# is stored as FAIL with ``fail_reason`` in its user attributes; Optuna never picks a failed trial as best.
+TRIAL_ERRORS = (RuntimeError, ValueError, ArithmeticError)
 
 
 def _optuna():
@@ -192,14 +198,20 @@ def run_sweep(sweep_cfg: DictConfig, base_overrides: Sequence[str], sweep_dir: P
         log.info("trial %d: %s", trial.number, " ".join(sampled))
         trial.set_user_attr("overrides", sampled)
         trial.set_user_attr("run_dir", str(run_dir))
-        metrics = train(cfg, extra_callbacks=[OptunaReport(trial)])
+        try:
+            metrics = train(cfg, extra_callbacks=[OptunaReport(trial)])
+        except TRIAL_ERRORS as exc:  # the trial fails (Optuna marks it so); the reason stays in the study
+            reason = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason[:2000])
+            log.warning("trial %d failed (%s): %s", trial.number, " ".join(sampled), reason)
+            raise
         log.info("trial %d: val mIoU %.4f (%s)", trial.number, metrics["mIoU"], run_dir)
         return float(metrics["mIoU"])
 
-    # a trial that fails (out of memory at a large swept crop, a crop larger than the images) is logged by Optuna
-    # with its parameters and the sweep goes on; errors in the sweep itself still stop it
+    # a trial that fails (out of memory at a large swept crop, a crop larger than the images, a diverging loss) is
+    # logged with its parameters and the reason and the sweep goes on; errors in the sweep itself still stop it
     study.optimize(objective, n_trials=int(sweep_cfg.n_trials), timeout=sweep_cfg.get("timeout"),
-                   gc_after_trial=True, catch=(RuntimeError, ValueError))
+                   gc_after_trial=True, catch=TRIAL_ERRORS)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise RuntimeError(f"no trial of the sweep in {sweep_dir} completed (all pruned or failed)")

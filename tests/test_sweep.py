@@ -170,3 +170,35 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path, monkeypatch):
     result = run_sweep(_sweep_cfg(3, **params), TOY, tmp_path / "s", _composer(tmp_path), seed=0)
     assert len(calls) == 3 and result["trials"] == {"complete": 2, "fail": 1}
     assert result["value"] == pytest.approx(0.8) and result["trial"] == 2
+
+
+def test_a_diverging_trial_is_failed_with_its_reason_and_the_sweep_goes_on(tmp_path, caplog):
+    """lr=1e6 makes the loss NaN in the second epoch: task.nan_policy=raise stops that trial with a
+    FloatingPointError, which must fail the trial (reason logged and stored), not the sweep. On resume the failed
+    trial stays failed, new trials run, and it never becomes best."""
+    import logging
+
+    params = {"task.optimizer.lr": {"type": "categorical", "choices": [0.001, 1000000.0]}}
+    cfg = _sweep_cfg(2, **params)
+    cfg.sampler, cfg.pruner = "random", "none"  # seed 0 draws lr 1e6, then 0.001
+    sweep_dir = tmp_path / "sweep"
+    with caplog.at_level(logging.WARNING, logger="segkit.sweep"):
+        result = run_sweep(cfg, TOY, sweep_dir, _composer(tmp_path), seed=0)
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    trials = optuna.load_study(study_name="segkit", storage=storage).trials
+    assert [(t.params["task.optimizer.lr"], t.state.name) for t in trials] == [(1e6, "FAIL"), (0.001, "COMPLETE")]
+    assert "FloatingPointError" in trials[0].user_attrs["fail_reason"]
+    assert "non-finite training loss" in trials[0].user_attrs["fail_reason"]
+    assert any("trial 0 failed" in r.getMessage() and "non-finite" in r.getMessage() for r in caplog.records)
+    assert result["trial"] == 1 and result["trials"] == {"complete": 1, "fail": 1}
+    assert json.loads((sweep_dir / "best.json").read_text())["trial"] == 1
+
+    # resume (the same command with hydra.run.dir=<sweep dir>): the failed trial is kept as it is, one new trial runs
+    cfg = _sweep_cfg(1, **params)
+    cfg.sampler, cfg.pruner = "random", "none"
+    result = run_sweep(cfg, TOY, sweep_dir, _composer(tmp_path), seed=0)
+    trials = optuna.load_study(study_name="segkit", storage=storage).trials
+    assert len(trials) == 3 and trials[0].state.name == "FAIL" and trials[2].state.name in ("COMPLETE", "FAIL")
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert result["trial"] in [t.number for t in complete] and result["trial"] != 0
+    assert result["value"] == max(t.value for t in complete)
