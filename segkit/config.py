@@ -195,6 +195,35 @@ def model_config_from_checkpoint(ckpt: Dict[str, Any], allowed: Iterable[str] = 
     return cfg
 
 
+# Model config keys that load pretrained weights while the model is built, with the value that means "from scratch":
+# segkit's encoder_weights (a file, or a weights name such as DEFAULT that downloads), the pretrained flag of
+# segkit's torchvision/timm encoders (also inside encoder_kwargs), timm's checkpoint_path.
+PRETRAINED_WEIGHT_KEYS: Dict[str, Any] = {"encoder_weights": None, "pretrained": False, "checkpoint_path": ""}
+
+
+def without_pretrained_weights(model_cfg: Any) -> DictConfig:
+    """A copy of a stored model config (a checkpoint's, a pretrained folder's) that builds the network from scratch:
+    every :data:`PRETRAINED_WEIGHT_KEYS` key, at any depth (``encoder_kwargs``, a nested encoder node), set to its
+    "scratch" value. The trained weights are loaded on top of it, so the training-time encoder weights (a local
+    file that may be gone, an ImageNet download that may be impossible offline) are never read again."""
+    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig)
+                           else model_cfg)
+
+    def scratch(node: Any) -> None:
+        if isinstance(node, DictConfig):
+            for key in list(node.keys()):
+                if key in PRETRAINED_WEIGHT_KEYS and not isinstance(node.get(key), (DictConfig, ListConfig)):
+                    node[key] = PRETRAINED_WEIGHT_KEYS[key]
+                else:
+                    scratch(node.get(key))
+        elif isinstance(node, ListConfig):
+            for item in node:
+                scratch(item)
+
+    scratch(cfg)
+    return cfg
+
+
 # Model arguments added after configs were saved without them, per target, with the value that rebuilds the layout
 # those older configs' weights have (the new default differs).
 LEGACY_MODEL_ARGS: Dict[str, Dict[str, Any]] = {

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from segkit.config import check_targets, train_command, upgrade_model_config
+from segkit.config import check_targets, train_command, upgrade_model_config, without_pretrained_weights
 from segkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
 from segkit.models.segmenter import load_weights_or_explain
 
@@ -218,9 +218,8 @@ def from_pretrained(folder: str | Path, allowed: Iterable[str] = (), map_locatio
                          "re-export it with scripts/export.py format=pretrained") from None
     check_targets(model_cfg, allowed, source=str(config_path))
     upgrade_model_config(model_cfg)  # a folder exported by an older segkit: the layout its weights have
-    if "pretrained" in model_cfg:
-        model_cfg.pretrained = False  # the weights come from model.safetensors; nothing is downloaded
-    net = instantiate(model_cfg)
+    # the weights come from model.safetensors: no training-time encoder weights file is read, nothing is downloaded
+    net = instantiate(without_pretrained_weights(model_cfg))
     load_weights_or_explain(net, load_file(str(weights_path)), str(weights_path), f"in {config_path}")
     return PretrainedSegmenter(net, spec).to(map_location).eval()
 

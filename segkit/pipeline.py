@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.config import (check_targets, load_checkpoint, model_config_from_checkpoint, to_plain,
-                           upgrade_model_config)
+                           upgrade_model_config, without_pretrained_weights)
 from segkit.models.segmenter import load_weights_or_explain
 
 
@@ -177,7 +177,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any
 
 
 def load_task_from_checkpoint(ckpt_path: str, allowed=()) -> tuple[Any, DictConfig]:
-    """Rebuild the trained task (network, spec: classes, channels, normalisation) from the checkpoint alone."""
+    """Rebuild the trained task (network, spec: classes, channels, normalisation) from the checkpoint alone.
+
+    The network is built without its training-time encoder weights (:func:`segkit.config.without_pretrained_weights`:
+    a local file that may be gone, an ImageNet download that may be impossible offline): the checkpoint's weights
+    replace them all. The returned config and ``task.run_config`` keep what the run was trained with."""
     from segkit.data.spec import DataSpec
 
     ckpt = load_checkpoint(ckpt_path)
@@ -188,7 +192,7 @@ def load_task_from_checkpoint(ckpt_path: str, allowed=()) -> tuple[Any, DictConf
     if spec is None:
         raise ValueError(f"{ckpt_path} was written by segkit 0.1 (no data spec inside); retrain it with this version "
                          "or evaluate it with segkit 0.1")
-    net = instantiate(cfg.model)
+    net = instantiate(without_pretrained_weights(cfg.model))
     task = instantiate(cfg.task, net=net, spec=DataSpec.from_dict(spec))
     task.run_config = to_plain(cfg)
     load_weights_or_explain(task, ckpt["state_dict"], str(ckpt_path),
