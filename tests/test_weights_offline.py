@@ -59,6 +59,7 @@ socket.socket.connect = socket.socket.connect_ex = socket.create_connection = bl
 import torch, torch.hub
 torch.hub.load_state_dict_from_url = torch.hub.download_url_to_file = blocked
 
+import numpy as np
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
