@@ -1,8 +1,11 @@
-"""Validate a whole dataset up front: every image/mask pair of every split, with a summary."""
+"""Validate a whole dataset up front: every image/mask pair of every split, with a summary. Splits must be disjoint:
+an image in two of the splits checked (a name in two split lists) is a problem naming both lists."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 from hydra.utils import instantiate
@@ -16,10 +19,38 @@ from segkit.data.sources import MissingSplitError
 REQUIRED_SPLITS = ("train", "val")
 
 
+def _split_list(source: Any, split: str) -> Optional[Path]:
+    """The file listing ``split``'s images, for sources with split lists (folder: ``splits_dir``, VOC:
+    ``split_dir``); None when the split is not listed (drawn, or a folder of its own)."""
+    for attr in ("splits_dir", "split_dir"):
+        folder = getattr(source, attr, None)
+        if folder is not None and (Path(folder) / f"{split}.txt").is_file():
+            return Path(folder) / f"{split}.txt"
+    return None
+
+
+def shared_between_splits(source: Any, images: Dict[str, List[Path]]) -> List[str]:
+    """One problem per pair of splits that share images (``images``: each split's image paths), with the names
+    and the split lists that give them."""
+    problems = []
+    for a, b in combinations(images, 2):
+        shared = sorted({Path(p).stem for p in set(map(str, images[a])) & set(map(str, images[b]))})
+        if not shared:
+            continue
+        lists = [_split_list(source, a), _split_list(source, b)]
+        where = (f"each is listed in both {lists[0]} and {lists[1]}" if all(lists) else
+                 f"each is in both the {a} and the {b} split")
+        shown = shared[:10] + (["..."] if len(shared) > 10 else [])
+        problems.append(f"{a} and {b} share {len(shared)} image{'s' if len(shared) > 1 else ''} {shown}: {where}; "
+                        "list each image in one split only")
+    return problems
+
+
 def check_dataset(datamodule: Any, splits=("train", "val", "test")) -> Dict[str, Any]:
-    """Read every sample (without augmentation); collect sizes, class pixel counts, every problem found and, as
-    information, which optional splits the layout does not have."""
+    """Read every sample (without augmentation); collect sizes, class pixel counts, every problem found (an image
+    in two of ``splits`` too) and, as information, which optional splits the layout does not have."""
     report: Dict[str, Any] = {"splits": {}, "problems": [], "info": []}
+    images: Dict[str, List[Path]] = {}  # each split's image paths, to find images in two splits
     pixels = np.zeros(datamodule.num_classes + 1, dtype=np.int64)  # last bin: ignore_index
     for split in splits:
         try:
@@ -39,6 +70,7 @@ def check_dataset(datamodule: Any, splits=("train", "val", "test")) -> Dict[str,
             else:
                 report["info"].append(f"{split}: no images (optional split)")
             continue
+        images[split] = [image for image, _ in samples]
         dataset = datamodule.dataset(split)  # no augmentation (eval_transform is null by default)
         sizes: Counter = Counter()
         ok = 0
@@ -54,6 +86,7 @@ def check_dataset(datamodule: Any, splits=("train", "val", "test")) -> Dict[str,
             pixels[: datamodule.num_classes] += np.bincount(mask[valid], minlength=datamodule.num_classes)
             pixels[-1] += int((~valid).sum())
         report["splits"][split] = {"images": len(dataset), "readable": ok, "sizes": dict(sizes.most_common(5))}
+    report["problems"] += shared_between_splits(datamodule.source, images)
     total = max(int(pixels.sum()), 1)
     report["class_pixel_frequency"] = {name: round(int(n) / total, 6)
                                        for name, n in zip(datamodule.class_names, pixels[:-1])}

@@ -103,3 +103,19 @@ def test_folder_layout_missing_val_is_a_problem(voc_root):
     report = _check(["data=folder", f"data.source.root={voc_root}", "data.source.images_dir=JPEGImages",
                      "data.source.masks_dir=SegmentationClass", "data.num_classes=21", "data.source.val_ratio=0"])
     assert report["problems"] == ["val: the split is empty"]
+
+
+def test_a_name_listed_in_two_split_files_is_a_problem_naming_both_files(voc_root):
+    lists = voc_root / "ImageSets" / "Segmentation"
+    (lists / "val.txt").write_text("2008_000000\n2008_000001\n2007_000003\n2007_000001\n")  # two train images
+    overrides = ["data=folder", f"data.source.root={voc_root}", "data.source.images_dir=JPEGImages",
+                 "data.source.masks_dir=SegmentationClass", "data.source.splits_dir=ImageSets/Segmentation",
+                 "data.num_classes=21"]
+    report = _check(overrides)
+    assert report["problems"] == [
+        f"train and val share 2 images ['2007_000001', '2007_000003']: each is listed in both {lists / 'train.txt'} "
+        f"and {lists / 'val.txt'}; list each image in one split only"]
+    proc = run_check_data(voc_root.parent, "data=voc", f"data.source.root={voc_root}")  # VOC's own layout too
+    assert proc.returncode == 1 and "train and val share 2 images" in proc.stdout and "val.txt" in proc.stdout
+    (lists / "val.txt").write_text("2008_000000\n2008_000001\n")
+    assert _check(overrides)["problems"] == []  # trainval.txt (train + val) is not a split checked
