@@ -8,7 +8,11 @@ instantiated, after :func:`segkit.config.check_targets`, so a folder from elsewh
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -19,6 +23,8 @@ from torch import nn
 from segkit.config import check_targets, train_command, upgrade_model_config, without_pretrained_weights
 from segkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
 from segkit.models.segmenter import load_weights_or_explain
+
+log = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 FORMAT_VERSION = 1
@@ -83,7 +89,46 @@ def _training_command(run_dir: Path) -> Optional[str]:
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         return None
-    return train_command(OmegaConf.load(overrides) or [])
+    return train_command([_strip_override(o) for o in OmegaConf.load(overrides) or []])
+
+
+LOCAL_PATH = "<local path>"
+# An absolute path inside a longer text (a command line, a model card): starts at the beginning or after a space,
+# quote, `=`, bracket or comma (so not inside a URL or a relative path), runs to the next space, quote or bracket.
+_PATH_IN_TEXT = re.compile(r"(?<![^\s'\"`=(\[{,])(?:~?/|[A-Za-z]:[/\\])[^\s'\"`,;()\[\]{}<>]+")
+
+
+def _is_absolute(text: str) -> bool:
+    return text.startswith(("/", "\\", "~/", "~\\")) or bool(re.match(r"[A-Za-z]:[/\\]", text))
+
+
+def _placeholder(path: str) -> str:
+    """``<local path>/<file name>``: the name says what it was (``r18.pth``, ``best.ckpt``, ``VOC2012``), the
+    directories, which are the user's machine's business, are gone."""
+    name = re.split(r"[/\\]", path.rstrip("/\\"))[-1]
+    return f"{LOCAL_PATH}/{name}" if name and name != "~" else LOCAL_PATH
+
+
+def strip_local_paths(value: Any) -> Any:
+    """``value`` (config dicts, lists, strings) with every absolute local path replaced by ``<local path>/<name>``,
+    for what goes public (``config.json``, the model card): checkpoint, data root, cache and output directories,
+    an encoder weights file, the paths in the training command. A string that is a path loses its directories as a
+    whole (spaces included); paths inside a longer text are found by :data:`_PATH_IN_TEXT`. Relative paths stay."""
+    if isinstance(value, dict):
+        return {k: strip_local_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strip_local_paths(v) for v in value]
+    if isinstance(value, str):
+        if _is_absolute(value) and "\n" not in value:
+            return _placeholder(value)
+        return _PATH_IN_TEXT.sub(lambda m: _placeholder(m.group(0)), value)
+    return value
+
+
+def _strip_override(override: str) -> str:
+    """``key=/abs/path`` -> ``key=<local path>/path`` (the value as a whole, spaces included)."""
+    key, sep, value = str(override).partition("=")
+    return key + sep + strip_local_paths(value) if sep else strip_local_paths(key)
 
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
@@ -154,11 +199,15 @@ def save_pretrained(ckpt_path: str | Path, folder: str | Path, allowed: Iterable
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data_cfg = meta["config"].get("data") or {}
+    # what goes public holds no absolute local path (checkpoint, data root, cache dir, encoder weights file, output
+    # dirs): each becomes `<local path>/<name>`; from_pretrained needs none of them
     config = {"format": "segkit-pretrained", "format_version": FORMAT_VERSION, "name": folder.name,
-              "model": task.run_config["model"], "spec": spec.to_dict(),  # older configs brought up to date
-              "training": {"checkpoint": str(ckpt_path), "metrics": _read_json(run_dir / "metrics.json"),
-                           "command": _training_command(run_dir), "data": data_cfg,
-                           "size_divisor": getattr(task.net, "size_divisor", None)}}
+              "model": strip_local_paths(task.run_config["model"]),  # older configs brought up to date
+              "spec": spec.to_dict(),
+              "training": strip_local_paths({"checkpoint": str(ckpt_path),
+                                             "metrics": _read_json(run_dir / "metrics.json"),
+                                             "command": _training_command(run_dir), "data": data_cfg,
+                                             "size_divisor": getattr(task.net, "size_divisor", None)})}
     save_safetensors(task.net, folder / WEIGHTS, {"format": "pt"})
     (folder / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
     (folder / CARD).write_text(model_card(config))
@@ -176,9 +225,43 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: 
         raise FileNotFoundError(f"{folder / CONFIG} not found; push a folder written by save_pretrained")
     api = HfApi(token=token)
     url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                      allow_patterns=[WEIGHTS, CONFIG, CARD], commit_message="Upload segkit model")
+    with tempfile.TemporaryDirectory(prefix="segkit-push-") as staging:
+        upload = _without_local_paths(folder, Path(staging))
+        api.upload_folder(repo_id=repo_id, folder_path=str(upload), repo_type="model",
+                          allow_patterns=[WEIGHTS, CONFIG, CARD], commit_message="Upload segkit model")
     return str(url)
+
+
+def _without_local_paths(folder: Path, staging: Path) -> Path:
+    """``folder``, or, when its config.json or README.md hold absolute local paths (a folder written by an older
+    segkit, or edited by hand), stripped copies of them in ``staging`` (the weights linked or copied): the user's
+    folder is left as it is."""
+    texts = {}
+    for name in (CONFIG, CARD):
+        path = folder / name
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        try:
+            stripped = json.dumps(strip_local_paths(json.loads(text)), indent=2) + "\n" if name == CONFIG else None
+        except json.JSONDecodeError:
+            stripped = None
+        stripped = stripped if stripped is not None else strip_local_paths(text)
+        if stripped != text and (name != CONFIG or json.loads(text) != json.loads(stripped)):
+            texts[name] = stripped
+    if not texts:
+        return folder
+    log.warning("push_to_hub: %s in %s hold local paths; uploading copies with them replaced by %r (re-export the "
+                "folder with this segkit to fix it there)", " and ".join(sorted(texts)), folder, LOCAL_PATH)
+    for name in (WEIGHTS, CONFIG, CARD):
+        if name in texts:
+            (staging / name).write_text(texts[name])
+        elif (folder / name).is_file():
+            try:
+                os.link(folder / name, staging / name)
+            except OSError:  # another file system, or no hard links there
+                shutil.copy2(folder / name, staging / name)
+    return staging
 
 
 def _resolve(folder: str | Path) -> Path:
@@ -225,4 +308,4 @@ def from_pretrained(folder: str | Path, allowed: Iterable[str] = (), map_locatio
 
 
 __all__ = ["PretrainedSegmenter", "from_pretrained", "model_card", "push_to_hub", "save_pretrained",
-           "spec_from_checkpoint"]
+           "spec_from_checkpoint", "strip_local_paths"]

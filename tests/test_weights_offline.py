@@ -170,3 +170,60 @@ def test_a_pretrained_folder_whose_config_says_imagenet_weights_loads_without_do
         torch.testing.assert_close(segkit.from_pretrained(tmp_path)(images), PretrainedSegmenter(net, spec)(images),
                                    atol=1e-6, rtol=0)
 
+
+def _local_paths_in(folder: Path, needles):
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix != ".safetensors":
+            text = path.read_text()
+            found += [f"{path.name}: {n}" for n in needles if n in text]
+    return found
+
+
+def test_save_pretrained_and_push_to_hub_write_no_local_paths(run, tmp_path, monkeypatch):
+    """Checkpoint path, data cache dir, encoder weights file, output dirs, the command's paths: none of the run's
+    absolute paths may reach config.json or the model card, and the folder still loads."""
+    from segkit.hub import push_to_hub, save_pretrained
+
+    needles = {str(run.basetemp), str(Path(run.basetemp).resolve()), str(Path.home())} - {"/"}
+    stored = torch.load(run.ckpt, map_location="cpu", weights_only=True, mmap=True)["segkit"]["config"]
+    assert str(run.weights) in json.dumps(stored)  # the run config does hold local paths
+    folder = save_pretrained(run.ckpt, tmp_path / "shapes-r18")
+    assert _local_paths_in(folder, needles) == []
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"]["encoder_weights"] == "<local path>/r18.pth"  # what the run started from, by name
+    assert config["training"]["checkpoint"].endswith("best.ckpt")
+    card = (folder / "README.md").read_text()
+    assert "python scripts/train.py model=unet model.encoder=resnet18" in card and "r18.pth" in card
+    with torch.no_grad():
+        torch.testing.assert_close(segkit.from_pretrained(folder)(run.images), run.expected, atol=1e-6, rtol=0)
+
+    # a folder written by an older segkit still has them: push_to_hub uploads stripped copies, the folder is kept
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("model.safetensors", "config.json", "README.md"):
+        (old / name).write_bytes((folder / name).read_bytes())
+    leaky = dict(config, training=dict(config["training"], checkpoint=str(run.ckpt)))
+    (old / "config.json").write_text(json.dumps(leaky, indent=2))
+    (old / "README.md").write_text(card + f"\n- checkpoint: `{run.ckpt}`\n")
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, allow_patterns, **kwargs):
+            uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.name in allow_patterns})
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=FakeApi))
+    push_to_hub(old, "me/shapes-r18")
+    assert set(uploaded) == {"model.safetensors", "config.json", "README.md"}
+    assert uploaded["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+    leaks = [f"{name}: {n}" for name, data in uploaded.items() if name != "model.safetensors" for n in needles
+             if n in data.decode()]
+    assert leaks == []
+    assert str(run.ckpt) in (old / "config.json").read_text()  # the user's folder is left as it is
+    assert json.loads(uploaded["config.json"])["training"]["checkpoint"] == "<local path>/best.ckpt"
