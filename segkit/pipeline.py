@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.config import (check_targets, load_checkpoint, model_config_from_checkpoint, to_plain,
@@ -149,7 +149,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any
     loggers = _instantiate_group(cfg.get("logger"), "logger")  # before the data is read: a missing extra fails fast
     if planned_keys(cfg):  # values left as `auto`: the training data decides, and the log says why
         for line in plan_from_config(cfg, instantiate(cfg.data.source)):
-            rank_zero_info(f"plan: {line}")
+            (rank_zero_warn if line.startswith("warning:") else rank_zero_info)(f"plan: {line}")
     datamodule = instantiate(cfg.data)
     task = build_task(cfg, datamodule)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -306,9 +306,9 @@ def write_evaluation_report(output_dir: Path, summary: Dict[str, Any], confusion
 
 def fill_auto_from_spec(data_cfg: DictConfig, spec: Any) -> None:
     """Evaluating with a data config whose values are ``auto`` (planned from training data at train time): the
-    model's own spec decides channels and normalisation; crop and batch size do not matter for evaluation."""
-    fill = {"in_channels": spec.in_channels, "mean": list(spec.mean), "std": list(spec.std), "crop_size": None,
-            "batch_size": 1}
+    model's own spec decides classes, channels and normalisation; crop and batch size do not matter for evaluation."""
+    fill = {"num_classes": spec.num_classes, "class_names": list(spec.class_names), "in_channels": spec.in_channels,
+            "mean": list(spec.mean), "std": list(spec.std), "crop_size": None, "batch_size": 1}
     with open_dict(data_cfg):
         data_cfg.train_transform = None  # evaluation never trains (and its crop may be `auto`)
         for key, value in fill.items():

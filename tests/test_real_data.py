@@ -127,7 +127,8 @@ def test_colour_photos_get_imagenet_statistics(tmp_path):
     lines = resolve_auto(cfg, stats)
     assert cfg.data.in_channels == 3
     assert list(cfg.data.mean) == list(IMAGENET_MEAN) and list(cfg.data.std) == list(IMAGENET_STD)
-    assert cfg.data.crop_size == 64 == crop_size_for(stats)  # the longer side, 40, rounded up to 32
+    assert cfg.data.crop_size is None is crop_size_for(stats)  # 24x40 images fit in 512: whole images
+    assert crop_size_for(stats, whole_images=False) == 64  # a cropping recipe: the longer side rounded up to 32
     assert any(line.startswith("data.mean=") and "because" in line for line in lines)
 
 
@@ -141,7 +142,8 @@ def test_resolve_auto_leaves_user_set_values_alone(tmp_path):
     lines = resolve_auto(cfg, stats)
     assert (cfg.data.in_channels, list(cfg.data.mean), cfg.data.crop_size, cfg.data.batch_size) == (1, [0.5], 100, 3)
     assert cfg.task.loss.weights.dice == 0.25
-    assert [line.split("=")[0] for line in lines] == ["data.std"]  # the only key left as auto
+    assert [line.split("=")[0] for line in lines] == ["data.std", "warning: data.crop_size"]  # the only auto key
+    assert "over 75% of every crop is padding" in lines[1]  # 100x100 crops of 24x24 images
 
 
 def test_other_auto_values_keep_their_own_meaning(tmp_path):
@@ -150,7 +152,7 @@ def test_other_auto_values_keep_their_own_meaning(tmp_path):
     cfg = _auto_cfg(cache="auto", num_workers="auto")
     cfg.callbacks = {"speed": {"channels_last": "auto"}}
     resolve_auto(cfg, stats)
-    assert cfg.data.cache == "auto" and cfg.data.num_workers == "auto" and cfg.data.crop_size == 32
+    assert cfg.data.cache == "auto" and cfg.data.num_workers == "auto" and cfg.data.crop_size is None
     assert cfg.callbacks.speed.channels_last == "auto"
 
 
@@ -189,7 +191,8 @@ def test_folder_config_resolves_and_instantiates(tmp_path):
     cfg = compose_cfg("train", ["data=folder", f"data.source.root={tmp_path / 'ds'}", "data.num_classes=2",
                                 "task/loss=auto"], tmp_path)
     lines = plan_from_config(cfg, instantiate(cfg.data.source))
-    assert (cfg.data.crop_size, cfg.data.batch_size, cfg.task.loss.weights.dice) == (64, 2, 1.0)
+    assert (cfg.data.crop_size, cfg.data.batch_size, cfg.task.loss.weights.dice) == (None, 2, 1.0)
+    assert [t["_target_"] for t in cfg.data.train_transform.transforms] == ["albumentations.HorizontalFlip"]
     assert len(lines) >= 3
     datamodule = instantiate(cfg.data)
     assert len(datamodule.dataset("train", train=True)) == 10

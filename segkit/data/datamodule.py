@@ -45,8 +45,11 @@ class SegmentationDataModule(L.LightningDataModule):
         if sampling not in ("uniform", "repeat_factor"):
             raise ValueError(f"data.sampling must be uniform or repeat_factor, got {sampling!r}")
         self.sampling, self.repeat_threshold = sampling, float(repeat_threshold)
-        unresolved = [k for k, v in (("in_channels", in_channels), ("mean", mean), ("std", std),
+        unresolved = [k for k, v in (("num_classes", num_classes), ("class_names", class_names),
+                                     ("in_channels", in_channels), ("mean", mean), ("std", std),
                                      ("crop_size", crop_size), ("batch_size", batch_size)) if v == "auto"]
+        if getattr(train_transform, "transforms", None) == "auto":
+            unresolved.append("train_transform.transforms")
         if unresolved:
             raise ValueError(f"data.{unresolved[0]}=auto is decided from the training images by scripts/train.py "
                              "(segkit.data.plan); outside it, give a value")
@@ -138,7 +141,15 @@ class SegmentationDataModule(L.LightningDataModule):
         self._maybe_preload(dataset)
         if train:
             weights = self._sample_weights(dataset) if self.sampling == "repeat_factor" else None
-            sampler = SeededSampler(len(dataset), self.seed, weights=weights)
+            # a split smaller than one batch per device (one large image, say) is drawn several times per epoch, so
+            # that an epoch holds at least one full batch (drop_last would otherwise leave no step at all)
+            world = int(getattr(self.trainer, "world_size", 1) or 1)
+            least = batch_size * world
+            if len(dataset) < least:
+                rank_zero_info(f"data.batch_size={batch_size}: the training split has {len(dataset)} image(s), "
+                               f"fewer than one batch{' per device' if world > 1 else ''}; each epoch draws "
+                               f"{least} samples from them (different augmentations)")
+            sampler = SeededSampler(len(dataset), self.seed, weights=weights, min_samples=least)
         else:
             sampler = ShardSampler(len(dataset))
         workers = self._workers(dataset)

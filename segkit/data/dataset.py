@@ -109,16 +109,30 @@ class SegmentationDataset(Dataset):
         }
 
 
+def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(N, C, H, W)`` from ``(C, h, w)`` images of any sizes, zero-padded bottom/right to the largest. A batch that
+    mixes 8-bit (uint8) and 16-bit/float (float32, 0-1) images is float32, the uint8 ones divided by 255: the same
+    0-1 scale as read_image gives every file (copying float values into a uint8 batch would make them zeros)."""
+    h = max(image.shape[-2] for image in images)
+    w = max(image.shape[-1] for image in images)
+    dtypes = {image.dtype for image in images}
+    dtype = images[0].dtype if len(dtypes) == 1 else torch.float32
+    out = torch.zeros(len(images), images[0].shape[0], h, w, dtype=dtype)
+    for i, image in enumerate(images):
+        if image.dtype != dtype:
+            image = image.to(dtype) / 255.0 if image.dtype == torch.uint8 else image.to(dtype)
+        out[i, :, :image.shape[-2], :image.shape[-1]] = image
+    return out
+
+
 def pad_collate(batch: List[Dict[str, Any]], ignore_index: int = 255) -> Dict[str, Any]:
     """Stack a batch, padding images with 0 and masks with ``ignore_index`` (bottom/right) to a common size, so
-    padded pixels count neither in the loss nor in the metrics."""
-    h = max(item["image"].shape[-2] for item in batch)
-    w = max(item["image"].shape[-1] for item in batch)
-    images = torch.zeros(len(batch), batch[0]["image"].shape[0], h, w, dtype=batch[0]["image"].dtype)
+    padded pixels count neither in the loss nor in the metrics (:func:`stack_images`)."""
+    images = stack_images([item["image"] for item in batch])
+    h, w = images.shape[-2:]
     masks = torch.full((len(batch), h, w), ignore_index, dtype=batch[0]["mask"].dtype)
     for i, item in enumerate(batch):
-        ih, iw = item["image"].shape[-2:]
-        images[i, :, :ih, :iw] = item["image"]
+        ih, iw = item["mask"].shape[-2:]
         masks[i, :ih, :iw] = item["mask"]
     return {"image": images, "mask": masks, "name": [item["name"] for item in batch]}
 
@@ -172,9 +186,5 @@ class ImageFolder(Dataset):
 
     @staticmethod
     def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
-        h = max(item["image"].shape[-2] for item in batch)
-        w = max(item["image"].shape[-1] for item in batch)
-        images = torch.zeros(len(batch), batch[0]["image"].shape[0], h, w, dtype=batch[0]["image"].dtype)
-        for i, item in enumerate(batch):
-            images[i, :, : item["image"].shape[-2], : item["image"].shape[-1]] = item["image"]
-        return {"image": images, "name": [b["name"] for b in batch], "size": [b["size"] for b in batch]}
+        return {"image": stack_images([b["image"] for b in batch]), "name": [b["name"] for b in batch],
+                "size": [b["size"] for b in batch]}

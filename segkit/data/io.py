@@ -38,10 +38,30 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 
 
+def png_is_16bit_colour(path: Path) -> bool:
+    """Whether ``path`` is a PNG of 16-bit RGB or RGBA (colour types 2 and 6 at bit depth 16), which PIL opens as
+    8-bit RGB, keeping only the high byte of every value (a 12-bit microscope's 0-4095 becomes 0-15)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _decode_16bit_png(path: Path) -> np.ndarray:
+    """A 16-bit RGB(A) PNG as ``(H, W, 3|4)`` uint16, through OpenCV (which albumentations already brings)."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3:
+        raise DataError(f"cannot decode the 16-bit colour PNG {path}; the file is truncated or not a PNG")
+    return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
+
 def _decode_image(path: Path) -> np.ndarray:
     """The stored pixels as ``(H, W, C)`` in their own dtype (uint8, uint16, int32 or float32)."""
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:  # multi-band and 16-bit TIFFs: PIL misreads them (4 x 16-bit -> RGBA)
+    if path.suffix.lower() == ".png" and _check_file(path, "image") and png_is_16bit_colour(path):
+        arr = _decode_16bit_png(path)
+    elif path.suffix.lower() in TIFF_SUFFIXES:  # multi-band and 16-bit TIFFs: PIL misreads them (4 x 16-bit -> RGBA)
         import tifffile
 
         _check_file(path, "image")

@@ -1,7 +1,9 @@
 """The dataset decides the recipe: measure the training split, then resolve config values left as ``auto``.
 
-In the spirit of nnU-Net: image sizes give the crop and batch size, intensity statistics give the normalisation,
-class frequencies decide whether the loss needs help with rare classes, and the run says what it chose and why::
+In the spirit of nnU-Net: the class list comes from the dataset (a class list file in its root, else the mask
+values), image sizes give whole images or crops, the batch size and the augmentation, intensity statistics give the
+normalisation, class frequencies decide whether the loss needs help with rare classes, and the run says what it
+chose and why::
 
     stats = measure(datamodule.source, "train", num_classes=cfg.data.num_classes, ignore_index=255)
     for line in resolve_auto(cfg, stats):
@@ -32,8 +34,13 @@ PIXELS_PER_BATCH = 16 * 256 * 256
 MIN_STEPS_PER_EPOCH = 10
 MAX_CROP = 512
 # Mean absolute difference between colour channels (0-1 units) below which a 3-channel image is grey in disguise
-# (grayscale saved as RGB, JPEG's chroma noise included).
+# (grayscale saved as RGB, JPEG's chroma noise included) ...
 GREY_TOLERANCE = 2.0 / 255
+# ... and at most this fraction of the luminance's spread: 12-bit colour data stored in 16 bits (or a dim 8-bit
+# photo) differs between channels by far less than 2/255 in absolute terms, yet it is colour.
+GREY_RELATIVE_TOLERANCE = 0.05
+# Class list files looked for in the dataset's root when data.class_names is auto (convert.py writes the first).
+CLASS_LIST_FILES = ("class_names.txt", "labelmap.txt")
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L") and segkit's read_image
 
 
@@ -92,7 +99,9 @@ def measure(source: Any, split: str = "train", num_classes: int = 0, ignore_inde
     """Read every image and mask of ``split`` once and summarise them (see :class:`DatasetStats`).
 
     ``source`` is any segkit source (``samples(split)`` -> ``(image, mask)`` paths; its ``label_map`` applies).
-    ``max_images`` measures an evenly spread subset instead. Masks are checked against ``num_classes``.
+    ``max_images`` measures an evenly spread subset instead. Masks are checked against ``num_classes``; with
+    ``num_classes=0`` (``data.num_classes=auto``) every mask value but ``ignore_index`` is counted, and
+    ``class_pixels`` runs up to the largest value found.
     """
     samples = list(source.samples(split))
     if not samples:
@@ -101,7 +110,8 @@ def measure(source: Any, split: str = "train", num_classes: int = 0, ignore_inde
     if max_images and len(samples) > max_images:
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_images).round().astype(int)]
     lut = label_lookup(getattr(source, "label_map", None), ignore_index if ignore_index is not None else 255)
-    channels = bit_depth = None
+    channels = None
+    depths = set()
     total = sq = None
     count = 0
     luma_sum = luma_sq = chroma = 0.0
@@ -112,11 +122,12 @@ def measure(source: Any, split: str = "train", num_classes: int = 0, ignore_inde
         image = reader(image_path)
         h, w, c = image.shape
         if channels is None:
-            channels, bit_depth = c, 8 if image.dtype == np.uint8 else 32
+            channels = c
             total, sq = np.zeros(c), np.zeros(c)
         elif c != channels:
             raise DataError(f"image {image_path} has {c} channels but earlier {split} images have {channels}; "
                             "convert the images to one channel count")
+        depths.add(8 if image.dtype == np.uint8 else 32)
         x = image.reshape(-1, c).astype(np.float64)
         if image.dtype == np.uint8:
             x /= 255.0
@@ -130,26 +141,51 @@ def measure(source: Any, split: str = "train", num_classes: int = 0, ignore_inde
             chroma += np.abs(x[:, 0] - x[:, 1]).sum() + np.abs(x[:, 1] - x[:, 2]).sum()
         heights.append(h)
         widths.append(w)
-        if mask_path is not None and num_classes:
+        if mask_path is not None and (num_classes or mask_path.is_file()):
             mask = read_mask(mask_path)
             if lut is not None:
                 mask = lut[mask]
             if mask.shape != (h, w):
                 raise DataError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} "
                                 f"is {w}x{h}; they must match")
-            check_mask_values(mask, num_classes, ignore_index, mask_path)
+            if num_classes:
+                check_mask_values(mask, num_classes, ignore_index, mask_path)
             valid = mask != ignore_index if ignore_index is not None else np.ones(mask.shape, bool)
-            class_pixels += np.bincount(mask[valid].ravel().astype(np.int64), minlength=num_classes)[:num_classes]
+            values = mask[valid].ravel().astype(np.int64)
+            if values.size and values.min() < 0:
+                raise DataError(f"mask {mask_path} has negative values; class ids are 0, 1, 2, ...")
+            counts = np.bincount(values, minlength=max(num_classes, 1))
+            if not num_classes and len(counts) > len(class_pixels):
+                class_pixels = np.pad(class_pixels, (0, len(counts) - len(class_pixels)))
+            class_pixels[:len(counts)] += counts[:len(class_pixels)]
             ignored += int(mask.size - valid.sum())
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean ** 2, 0.0))
-    grey = channels in (3, 4) and chroma / (2 * count) < GREY_TOLERANCE
     luma_mean = luma_sum / count if channels in (3, 4) else None
     luma_std = math.sqrt(max(luma_sq / count - luma_mean ** 2, 0.0)) if luma_mean is not None else None
-    return DatasetStats(num_images=num_images, num_measured=len(samples), channels=int(channels), bit_depth=int(bit_depth),
-                        heights=heights, widths=widths, mean=mean.tolist(), std=std.tolist(),
-                        class_pixels=class_pixels.tolist() if num_classes else [], ignored_pixels=ignored,
-                        grey_as_rgb=bool(grey), luma_mean=luma_mean, luma_std=luma_std, split=split)
+    grey = channels in (3, 4) and is_grey(chroma / (2 * count), luma_std or 0.0)
+    return DatasetStats(num_images=num_images, num_measured=len(samples), channels=int(channels),
+                        bit_depth=max(depths), heights=heights, widths=widths, mean=mean.tolist(), std=std.tolist(),
+                        class_pixels=class_pixels.tolist(), ignored_pixels=ignored,
+                        grey_as_rgb=bool(grey), luma_mean=luma_mean, luma_std=luma_std, split=split,
+                        extra={"mixed_bit_depth": True} if len(depths) > 1 else {})
+
+
+def is_grey(channel_difference: float, luma_std: float) -> bool:
+    """Whether colour channels whose mean absolute difference is ``channel_difference`` (0-1 units) hold one grey
+    image: under ``GREY_TOLERANCE`` (JPEG's chroma noise on grey photos) and under ``GREY_RELATIVE_TOLERANCE`` of the
+    luminance's spread, so that dim or high-bit-depth colour data (12 bits in 16: values below 0.0625) stays colour.
+    Channels that are exactly equal are grey at any brightness."""
+    return channel_difference <= min(GREY_TOLERANCE, GREY_RELATIVE_TOLERANCE * luma_std)
+
+
+def class_list_file(source: Any) -> Optional[Path]:
+    """The dataset's own class list: ``class_names.txt`` or ``labelmap.txt`` in the source's root, if any."""
+    root = getattr(source, "root", None)
+    for name in CLASS_LIST_FILES if root is not None else ():
+        if (Path(root) / name).is_file():
+            return Path(root) / name
+    return None
 
 
 # ---- resolving "auto" -----------------------------------------------------------------------------------------
@@ -174,7 +210,8 @@ def auto_keys(cfg: Any, prefix: str = "") -> List[str]:
     return keys
 
 
-DATA_KEYS = ("data.in_channels", "data.mean", "data.std", "data.crop_size", "data.batch_size")
+DATA_KEYS = ("data.num_classes", "data.class_names", "data.in_channels", "data.mean", "data.std", "data.crop_size",
+             "data.batch_size", "data.train_transform.transforms")
 
 
 def planned_keys(cfg: DictConfig) -> List[str]:
@@ -184,17 +221,58 @@ def planned_keys(cfg: DictConfig) -> List[str]:
             or (k.startswith("task.loss.") and (k.endswith(".weights.dice") or k.endswith(".class_weights")))]
 
 
-def crop_size_for(stats: DatasetStats, multiple: int = 32, largest: int = MAX_CROP) -> int:
-    """The median image's longer side rounded up to ``multiple`` (whole images fit), at most ``largest``."""
+def _round_up(value: int, multiple: int = 32) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def crop_size_for(stats: DatasetStats, multiple: int = 32, largest: int = MAX_CROP,
+                  whole_images: bool = True) -> Optional[int]:
+    """``None`` (whole images, padded per batch) when every training image fits in ``largest`` x ``largest``, as
+    nnU-Net's patch is the whole image where it fits: nothing of an image is ever left out of an epoch, and the
+    network sees the context it will see at evaluation. Larger images, or a chosen augmentation that crops
+    (``whole_images=False``: ``data/augment=scale_crop`` needs a size): the median image's longer side rounded up to
+    ``multiple``, at most ``largest``."""
+    if whole_images and max(stats.heights) <= largest and max(stats.widths) <= largest:
+        return None
     h, w = stats.median_size()
-    return int(min(largest, math.ceil(max(h, w) / multiple) * multiple))
+    return int(min(largest, _round_up(max(h, w), multiple)))
 
 
-def batch_size_for(crop: int, num_images: int) -> int:
-    """About ``PIXELS_PER_BATCH`` pixels per batch, but at least ``MIN_STEPS_PER_EPOCH`` steps per epoch; 2-16."""
-    by_memory = PIXELS_PER_BATCH // (crop * crop)
+def batch_size_for(crop: Optional[int], num_images: int, stats: Optional[DatasetStats] = None) -> int:
+    """About ``PIXELS_PER_BATCH`` pixels per batch, but at least ``MIN_STEPS_PER_EPOCH`` steps per epoch; 2-16.
+    Whole images (``crop=None``) count as the largest training image, padded to 32, which a batch is padded to.
+    A split smaller than the batch is drawn more than once per epoch (see ``SegmentationDataModule``)."""
+    if crop:
+        area = crop * crop
+    else:
+        if stats is None:
+            raise ValueError("batch_size_for(crop=None) needs the dataset statistics (the image sizes)")
+        area = _round_up(max(stats.heights)) * _round_up(max(stats.widths))
+    by_memory = PIXELS_PER_BATCH // area
     by_steps = num_images // MIN_STEPS_PER_EPOCH
     return int(max(2, min(16, by_memory, by_steps)))
+
+
+def augmentation_for(crop: Optional[int], ignore_index: Optional[int]) -> List[Dict[str, Any]]:
+    """The training transforms (albumentations, as config nodes) for ``crop``: a horizontal flip of whole images, or
+    for large images crops of ``crop`` (padded with ``ignore_index`` where an image is smaller), a third of them
+    centred on labelled foreground as nnU-Net does, then the flip. No scale jitter and no photometric change: at
+    the budgets measured (BENCHMARKS.md, the defaults panel) the flip alone beat DeepLab's 0.5-2x scale jitter with
+    brightness/contrast by 0.1-0.3 mIoU; ``data/augment=scale_crop`` is that recipe for long schedules."""
+    flip = {"_target_": "albumentations.HorizontalFlip"}
+    if not crop:
+        return [flip]
+    fill_mask = 255 if ignore_index is None else int(ignore_index)
+    ignore = [0] if ignore_index is None else [0, int(ignore_index)]
+    return [
+        {"_target_": "albumentations.PadIfNeeded", "min_height": crop, "min_width": crop, "position": "top_left",
+         "fill": 0, "fill_mask": fill_mask},
+        {"_target_": "albumentations.OneOf", "p": 1.0, "transforms": [
+            {"_target_": "albumentations.CropNonEmptyMaskIfExists", "height": crop, "width": crop,
+             "ignore_values": ignore, "p": 0.33},
+            {"_target_": "albumentations.RandomCrop", "height": crop, "width": crop, "p": 0.67}]},
+        flip,
+    ]
 
 
 def class_weights_for(stats: DatasetStats, clip: float = 10.0) -> List[float]:
@@ -238,22 +316,91 @@ def _normalisation(stats: DatasetStats, in_channels: int) -> tuple[list, list, s
             f"measured on the training images ({what} {kind}, not photographs)")
 
 
+def _put(cfg: DictConfig, lines: List[str], key: str, value: Any, why: str) -> None:
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False)
+    shown = value if not isinstance(value, list) or len(value) <= 8 else f"[{len(value)} values]"
+    if key.endswith("transforms") and isinstance(value, list):
+        shown = "[" + ", ".join(str(t["_target_"]).rsplit(".", 1)[-1] for t in value) + "]"
+    lines.append(f"{key}={shown}: chose this because {why}")
+
+
+def resolve_labels(cfg: DictConfig, source: Any) -> List[str]:
+    """``data.class_names`` and ``data.num_classes`` left as ``auto``, from the dataset itself: the layout's own
+    classes (Cityscapes' 19), else a class list file in its root (:data:`CLASS_LIST_FILES`, as ``convert.py``
+    writes; a labelmap's colours become the palette). ``num_classes`` then is the list's length; without a list it
+    stays ``auto`` here and :func:`resolve_auto` takes it from the training masks. Returns the log lines."""
+    from segkit.data.classnames import read_class_names
+
+    lines: List[str] = []
+    pending = planned_keys(cfg)
+    data = cfg.data
+    if "data.class_names" in pending:
+        names, palette, where = getattr(source, "class_names", None), getattr(source, "palette", None), None
+        if names is not None:
+            where = f"the {type(source).__name__} layout defines them"
+        else:
+            path = class_list_file(source)
+            if path is not None:
+                names, palette = read_class_names(path)
+                where = f"the dataset lists them in {path.name}"
+        if names is None:
+            _put(cfg, lines, "data.class_names", None,
+                 f"no {' or '.join(CLASS_LIST_FILES)} in the dataset's root (classes are named class_0, class_1, ...;"
+                 " add the file, one name per line with class 0 first, to name them)")
+        else:
+            _put(cfg, lines, "data.class_names", [str(n) for n in names], where)
+            if palette is not None and data.get("palette") is None:
+                _put(cfg, lines, "data.palette", [list(map(int, c)) for c in palette], where)
+    names = data.get("class_names")
+    if "data.num_classes" in pending and isinstance(names, (list, ListConfig)) and names:
+        _put(cfg, lines, "data.num_classes", len(names), "the class list names that many classes")
+    elif isinstance(names, (list, ListConfig)) and names and not _is_auto(data.get("num_classes")) \
+            and len(names) != int(data.num_classes):
+        raise DataError(f"data.class_names has {len(names)} names but data.num_classes={data.num_classes}; set "
+                        f"data.num_classes={len(names)} (or auto), or fix the class list")
+    return lines
+
+
 def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
     """Replace every ``"auto"`` value in the composed config ``cfg`` from ``stats``; return one line per choice.
 
-    Rules (the values a user sets are never touched):
+    Rules (the values a user sets are never touched; class names come first, from :func:`resolve_labels`):
+      - ``data.num_classes``: the largest class id in the training masks + 1 (``ignore_index`` aside).
       - ``data.in_channels``: 1 for grey images stored as RGB, else the images' channel count.
       - ``data.mean``/``data.std``: ImageNet's for 3-channel 8-bit colour photos, else measured per channel.
-      - ``data.crop_size``: the median image's longer side rounded up to 32, at most 512.
-      - ``data.batch_size``: ~16 crops of 256^2 worth of pixels, at least 10 steps per epoch, 2-16.
+      - ``data.crop_size``: null (whole images) when every training image fits in 512x512, else the median image's
+        longer side rounded up to 32, at most 512.
+      - ``data.batch_size``: ~16 x 256^2 pixels per batch, at least 10 steps per epoch, 2-16.
+      - ``data.train_transform.transforms`` (``data/augment=auto``): a horizontal flip, after crops when the images
+        are cropped (:func:`augmentation_for`).
       - ``*.weights.dice`` (``task/loss=auto``): 1 when a class holds under 5% of the labelled training pixels
         (CE + Dice), else 0 (plain CE).
       - ``*.class_weights``: median-frequency weights when a class is rare, else null.
     """
     lines: List[str] = []
     pending = planned_keys(cfg)
-    rare = stats.rare_classes()
-    freq = stats.class_frequency
+
+    def put(key: str, value: Any, why: str) -> None:
+        _put(cfg, lines, key, value, why)
+
+    if "data.num_classes" in pending:
+        found = len(stats.class_pixels)
+        if found < 2:
+            ignore = cfg.data.get("ignore_index")
+            raise DataError(
+                f"data.num_classes=auto: the training masks hold no class id but 0 (ignore_index={ignore} aside). "
+                "If they are 0/255 binary masks, divide them by 255 (object = 1) or set data.ignore_index=null and "
+                "data.num_classes=256; else set data.num_classes yourself")
+        put("data.num_classes", found, f"the largest class id in the training masks is {found - 1} "
+            f"(ignore_index={cfg.data.get('ignore_index')} aside); set data.num_classes if a class is missing "
+            "from the training split, or add a class_names.txt to the dataset")
+    num_classes = cfg.data.get("num_classes") if "data" in cfg else None
+    num_classes = 0 if num_classes is None or _is_auto(num_classes) else int(num_classes)
+    class_pixels = (stats.class_pixels + [0] * num_classes)[:num_classes] if num_classes else stats.class_pixels
+    total = sum(class_pixels)
+    freq = [c / total if total else 0.0 for c in class_pixels]
+    rare = [i for i, f in enumerate(freq) if f < RARE_CLASS_FREQUENCY]
     names = list(cfg.data.get("class_names") or []) if "data" in cfg else []
 
     def name(i: int) -> str:
@@ -261,17 +408,14 @@ def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
 
     rare_text = ", ".join(f"{name(i)} {100 * freq[i]:.2f}%" for i in rare)
 
-    def put(key: str, value: Any, why: str) -> None:
-        with open_dict(cfg):
-            OmegaConf.update(cfg, key, value, merge=False)
-        shown = value if not isinstance(value, list) or len(value) <= 8 else f"[{len(value)} values]"
-        lines.append(f"{key}={shown}: chose this because {why}")
-
     if "data.in_channels" in pending:
         grey = stats.grey_as_rgb
         put("data.in_channels", 1 if grey else stats.channels,
             "the training images are grey saved as 3 identical channels" if grey
             else f"the training images have {stats.channels} channel(s)")
+    if stats.extra.get("mixed_bit_depth"):
+        lines.append("note: the training images mix 8-bit and 16-bit/float files; each is scaled to 0-1 by its own "
+                     "range (8-bit / 255, 16-bit / 65535) and batches are float")
     if "data.mean" in pending or "data.std" in pending:
         in_channels = cfg.data.get("in_channels")
         in_channels = stats.channels if in_channels is None or _is_auto(in_channels) else int(in_channels)
@@ -279,16 +423,35 @@ def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
         for key, value in (("data.mean", mean), ("data.std", std)):
             if key in pending:
                 put(key, value, why)
+    h, w = stats.median_size()
+    # a recipe the user picked (data/augment=scale_crop) crops to data.crop_size: whole images only when planned
+    whole = "data.train_transform.transforms" in pending or not (cfg.data.get("train_transform") or {}).get(
+        "transforms") if "data" in cfg else True
     if "data.crop_size" in pending:
-        h, w = stats.median_size()
-        put("data.crop_size", crop_size_for(stats),
-            f"the median training image is {w}x{h} (whole images fit, rounded up to 32, at most {MAX_CROP})")
+        crop = crop_size_for(stats, whole_images=whole)
+        put("data.crop_size", crop,
+            f"every training image fits in {MAX_CROP}x{MAX_CROP} (largest {max(stats.widths)}x{max(stats.heights)}):"
+            " whole images, padded per batch" if crop is None else
+            f"the median training image is {w}x{h} and the largest {max(stats.widths)}x{max(stats.heights)} "
+            f"(crops of the median's longer side, rounded up to 32, at most {MAX_CROP})")
+    crop = cfg.data.get("crop_size") if "data" in cfg else None
+    crop = crop_size_for(stats, whole_images=whole) if _is_auto(crop) else (int(crop) if crop else None)
     if "data.batch_size" in pending:
-        crop = cfg.data.get("crop_size")
-        crop = int(crop) if crop is not None and not _is_auto(crop) else crop_size_for(stats)
-        size = batch_size_for(crop, stats.num_images)
-        put("data.batch_size", size, f"{crop}x{crop} crops, ~{PIXELS_PER_BATCH // 65536} x 256^2 pixels per batch "
+        size = batch_size_for(crop, stats.num_images, stats)
+        what = f"{crop}x{crop} crops" if crop else \
+            f"whole images padded to {_round_up(max(stats.widths))}x{_round_up(max(stats.heights))}"
+        put("data.batch_size", size, f"{what}, ~{PIXELS_PER_BATCH // 65536} x 256^2 pixels per batch "
             f"and at least {MIN_STEPS_PER_EPOCH} steps per epoch over {stats.num_images} training images")
+    if "data.train_transform.transforms" in pending:
+        put("data.train_transform.transforms", augmentation_for(crop, cfg.data.get("ignore_index")),
+            ("whole images: a horizontal flip (no scale jitter or photometric change; data/augment=scale_crop is "
+             "DeepLab's recipe for long schedules)") if not crop else
+            (f"{crop}x{crop} crops of larger images (a third centred on labelled foreground, as nnU-Net), then a "
+             "horizontal flip"))
+    if "data.crop_size" not in pending and crop and h * w < crop * crop / 4:
+        lines.append(f"warning: data.crop_size={crop} but the median training image is {w}x{h}: over 75% of every "
+                     "crop is padding, which costs time and teaches nothing; set data.crop_size=auto (whole images "
+                     "where they fit) or a size near the images'")
     for key in [k for k in pending if k.endswith(".weights.dice")]:
         put(key, 1.0 if rare else 0.0,
             f"classes under {100 * RARE_CLASS_FREQUENCY:.0f}% of the training pixels ({rare_text}) need a loss "
@@ -303,16 +466,21 @@ def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
 
 
 def plan_from_config(cfg: DictConfig, source: Any, max_images: Optional[int] = 1000) -> List[str]:
-    """Measure the training split of ``source`` when ``cfg`` has keys to plan, resolve them, return the log lines
-    (none, and nothing read, when there is nothing to resolve). Large datasets are measured on ``max_images``
-    evenly spread training images (statistics of 1000 images are as good as of all, and Cityscapes-sized
-    images take ~0.1 s each to decode)."""
+    """Resolve the labels (:func:`resolve_labels`), then measure the training split of ``source`` when ``cfg`` has
+    keys left to plan and resolve them; return the log lines (none, and nothing read, when there is nothing to
+    resolve). Large datasets are measured on ``max_images`` evenly spread training images (statistics of 1000
+    images are as good as of all, and Cityscapes-sized images take ~0.1 s each to decode)."""
     if not planned_keys(cfg):
         return []
+    lines = resolve_labels(cfg, source)
+    if not planned_keys(cfg):
+        return lines
     data = cfg.data
-    stats = measure(source, "train", int(data.num_classes), data.get("ignore_index"), max_images=max_images)
-    return resolve_auto(cfg, stats)
+    num_classes = 0 if _is_auto(data.get("num_classes")) else int(data.num_classes)
+    stats = measure(source, "train", num_classes, data.get("ignore_index"), max_images=max_images)
+    return lines + resolve_auto(cfg, stats)
 
 
-__all__ = ["AUTO", "DATA_KEYS", "DatasetStats", "auto_keys", "batch_size_for", "class_weights_for", "crop_size_for",
-           "measure", "plan_from_config", "planned_keys", "read_native", "resolve_auto"]
+__all__ = ["AUTO", "CLASS_LIST_FILES", "DATA_KEYS", "DatasetStats", "augmentation_for", "auto_keys", "batch_size_for",
+           "class_list_file", "class_weights_for", "crop_size_for", "is_grey", "measure", "plan_from_config",
+           "planned_keys", "read_native", "resolve_auto", "resolve_labels"]

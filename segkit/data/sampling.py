@@ -75,17 +75,23 @@ class SeededSampler(_RankAware):
     ``weights`` (one per sample, e.g. :func:`repeat_factors`): an epoch is then ``num_samples`` draws with
     replacement, each sample drawn in proportion to its weight (rare-class images more often, the epoch length
     and so the schedule unchanged).
+
+    ``min_samples``: an epoch holds at least this many draws; a smaller dataset is shuffled again for each pass
+    (one image and a batch of 2: that image twice, with two augmentation seeds).
     """
 
     def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, weights: Optional[Sequence[float]] = None) -> None:
+                 world_size: Optional[int] = None, weights: Optional[Sequence[float]] = None,
+                 min_samples: int = 0) -> None:
         super().__init__(num_samples, rank, world_size)
+        self.dataset_size = self.num_samples_total
+        self.num_samples_total = max(self.dataset_size, int(min_samples))
         self.seed, self.shuffle = int(seed), shuffle
         self.weights = None
         if weights is not None:
             self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
-            if self.weights.shape != (self.num_samples_total,) or not bool((self.weights > 0).all()):
-                raise ValueError(f"sampler weights must be {self.num_samples_total} positive numbers")
+            if self.weights.shape != (self.dataset_size,) or not bool((self.weights > 0).all()):
+                raise ValueError(f"sampler weights must be {self.dataset_size} positive numbers")
 
     def __len__(self) -> int:
         return self.num_samples_total // self.num_replicas
@@ -93,10 +99,15 @@ class SeededSampler(_RankAware):
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         n = self.num_samples_total
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        size = self.dataset_size
         if self.weights is not None:
             order = torch.multinomial(self.weights, n, replacement=True, generator=g)
-        else:
+        elif n == size:
             order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        else:  # several passes over a small dataset, each in its own order
+            passes = -(-n // size)
+            order = torch.cat([torch.randperm(size, generator=g) if self.shuffle else torch.arange(size)
+                               for _ in range(passes)])[:n]
         seeds = torch.randint(0, 2 ** 31 - 1, (n,), generator=g)
         rank, world = self.rank, self.num_replicas
         picks = range(rank, (n // world) * world, world)

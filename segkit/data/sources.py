@@ -11,7 +11,10 @@ Sample = Tuple[Path, Optional[Path]]
 
 
 def _read_names(path: Path) -> List[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    # utf-8-sig: a list saved by Windows Notepad starts with a byte-order mark, which would become part of the
+    # first name (and that image "not found")
+    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()
+            if line.strip() and not line.startswith("#")]
 
 
 def _read_split_list(path: Path) -> List[str]:
@@ -153,11 +156,23 @@ CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21
                         26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 
 
+CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+                      "bicycle"]
+CITYSCAPES_PALETTE = [[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
+                      [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
+                      [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100],
+                      [0, 80, 100], [0, 0, 230], [119, 11, 32]]
+
+
 class CityscapesSource:
     """Cityscapes: ``leftImg8bit/{split}/CITY/X_leftImg8bit.png`` with ``gtFine/{split}/CITY/X_gtFine_labelIds.png``;
-    labelIds are mapped to the 19 train ids."""
+    labelIds are mapped to the 19 train ids, whose names and colours the layout defines (``class_names``,
+    ``palette``: what ``data.class_names=auto`` takes)."""
 
     label_map = CITYSCAPES_TRAIN_IDS
+    class_names = CITYSCAPES_CLASSES
+    palette = CITYSCAPES_PALETTE
 
     def __init__(self, root: str, mode: str = "gtFine") -> None:
         self.root, self.mode = Path(root).expanduser(), mode
