@@ -120,10 +120,12 @@ def resume_model_layout(cfg: DictConfig, ckpt_path: str) -> None:
                        + ", ".join(f"model.{k}={v}" for k, v in filled.items()))
 
 
-def build_task(cfg: DictConfig, datamodule: Any) -> Any:
-    """The network and the task for ``cfg``, checked against the data's spec (classes, channels, ignore_index)."""
+def build_task(cfg: DictConfig, datamodule: Any, resuming: bool = False) -> Any:
+    """The network and the task for ``cfg``, checked against the data's spec (classes, channels, ignore_index).
+    ``resuming``: the checkpoint's weights replace the encoder's, so its training-time weights (a file since
+    deleted, an ImageNet download on an offline node) are not read again."""
     spec = datamodule.spec
-    net = instantiate(cfg.model)
+    net = instantiate(without_pretrained_weights(cfg.model) if resuming else cfg.model)
     spec.check_model(getattr(net, "num_classes", spec.num_classes), getattr(net, "in_channels", spec.in_channels),
                      where=f"model ({cfg.model.get('_target_')})")
     dry_run(net, datamodule.crop_size)
@@ -151,7 +153,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any
         for line in plan_from_config(cfg, instantiate(cfg.data.source)):
             (rank_zero_warn if line.startswith("warning:") else rank_zero_info)(f"plan: {line}")
     datamodule = instantiate(cfg.data)
-    task = build_task(cfg, datamodule)
+    task = build_task(cfg, datamodule, resuming=bool(ckpt_path))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_group(cfg.get("callbacks"), "callbacks"),
                                                       *extra_callbacks], logger=loggers or False)

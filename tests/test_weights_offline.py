@@ -227,3 +227,28 @@ def test_save_pretrained_and_push_to_hub_write_no_local_paths(run, tmp_path, mon
     assert leaks == []
     assert str(run.ckpt) in (old / "config.json").read_text()  # the user's folder is left as it is
     assert json.loads(uploaded["config.json"])["training"]["checkpoint"] == "<local path>/best.ckpt"
+
+
+def test_resuming_a_run_whose_encoder_weights_file_is_gone(run, tmp_path, shared_data_dir):
+    """``ckpt_path=last`` (a requeued job, an interrupted run): the checkpoint's weights replace the encoder's, so
+    the deleted training-time file is not read again."""
+    import shutil
+
+    shutil.copytree(run.run_dir, tmp_path / "run")
+    shutil.copy(tmp_path / "run/checkpoints/best.ckpt", tmp_path / "run/checkpoints/last.ckpt")
+    assert not run.weights.exists()
+    overrides = ["model=unet", "model.encoder=resnet18", f"model.encoder_weights={run.weights}", *TINY_DATA,
+                 "logger=csv", "trainer.max_epochs=2", "+trainer.limit_train_batches=1", "~callbacks.progress_bar",
+                 "ckpt_path=last"]
+    metrics = train(compose_cfg("train", overrides, tmp_path, shared_data_dir))
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+    last = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1  # the second epoch ran on top of the first
+
+
+def test_comparing_a_run_whose_encoder_weights_file_is_gone(run):
+    from segkit.analysis.compare import summarize_run
+
+    with pytest.warns(UserWarning, match="randomly initialised encoder"):
+        summary = summarize_run(run.run_dir)
+    assert summary["mIoU"] == json.loads((run.run_dir / "metrics.json").read_text())["mIoU"]

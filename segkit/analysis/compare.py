@@ -5,16 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from segkit.analysis.artifacts import model_checkerboard_scores
 from segkit.analysis.plots import bar_chart, stack_vertical
-from segkit.config import check_targets, upgrade_model_config
+from segkit.config import check_targets, upgrade_model_config, without_pretrained_weights
 
 
 def expand_runs(paths: Sequence[str]) -> List[Path]:
@@ -51,7 +53,16 @@ def summarize_run(run: Path) -> Dict[str, Any]:
     check_targets(cfg.model, cfg.get("allowed_targets") or (), source=str(run / "config.yaml"))
     upgrade_model_config(cfg.model)  # a run of an older segkit: the layout its checkpoint has
     torch.manual_seed(0)
-    fresh = instantiate(cfg.model)
+    scratch = without_pretrained_weights(cfg.model)
+    try:
+        fresh = instantiate(cfg.model)  # the network as its run initialised it (pretrained encoder included)
+    except InstantiationException as exc:  # its weights file is gone, or ImageNet's cannot be downloaded offline
+        if OmegaConf.to_container(scratch) == OmegaConf.to_container(cfg.model, resolve=True):
+            raise  # no encoder weights to blame
+        warnings.warn(f"{run}: cannot build the model with its training-time encoder weights ({exc.__cause__}); "
+                      "its initial artifact scores are those of a randomly initialised encoder")
+        torch.manual_seed(0)
+        fresh = instantiate(scratch)
     init_scores = model_checkerboard_scores(fresh)
     trained_scores: Dict[str, float] = {}
     ckpt = metrics.get("checkpoint")
