@@ -41,9 +41,19 @@ sys.path.insert(0, str(REPO))
 
 from segkit.data.io import read_mask  # noqa: E402
 from segkit.data.plan import measure, read_native  # noqa: E402
-from segkit.data.sources import FolderSource  # noqa: E402
+from segkit.data.sources import FolderSource, VOCSource  # noqa: E402
 
 RUNS = ("segkit", "smp", "segkit-net")
+
+
+def is_voc(root: Path) -> bool:
+    """A dataset in PASCAL VOC's layout (``JPEGImages/``, ``SegmentationClass/``, ``ImageSets/Segmentation/``)."""
+    return (Path(root) / "JPEGImages").is_dir() and (Path(root) / "ImageSets" / "Segmentation").is_dir()
+
+
+def source_for(root: Path):
+    """The segkit source that reads ``root``: VOC's layout or the folder layout."""
+    return VOCSource(str(root)) if is_voc(root) else FolderSource(str(root))
 
 
 def dataset_info(root: Path) -> Dict:
@@ -53,7 +63,7 @@ def dataset_info(root: Path) -> Dict:
         if meta.is_file():
             info = json.loads(meta.read_text())
             info.setdefault("num_classes", len(info["class_names"]))
-            info.setdefault("num_images", {s: len(FolderSource(str(root)).samples(s)) for s in ("train", "val")})
+            info.setdefault("num_images", {s: len(source_for(root).samples(s)) for s in ("train", "val")})
             return info
     raise SystemExit(f"{root / 'dataset.json'} not found; build the datasets first: python "
                      f"scripts/build_real_datasets.py --out {root.parent}")
@@ -64,7 +74,7 @@ def load_split(root: Path, split: str, mean: Sequence[float], std: Sequence[floa
     images, masks = [], []
     m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    for image_path, mask_path in FolderSource(str(root)).samples(split):
+    for image_path, mask_path in source_for(root).samples(split):
         arr = read_native(image_path)
         x = torch.tensor(arr.transpose(2, 0, 1), dtype=torch.float32)  # a copy: PIL arrays are read-only
         if arr.dtype == np.uint8:
@@ -118,7 +128,7 @@ def plain_loop(make_net: Callable[[int, int], torch.nn.Module], root: Path, info
     torch.manual_seed(seed)
     num_classes = int(info["num_classes"])
     start = time.perf_counter()
-    stats = measure(FolderSource(str(root)), "train", num_classes, ignore_index)
+    stats = measure(source_for(root), "train", num_classes, ignore_index)
     train = load_split(root, "train", stats.mean, stats.std)
     val = load_split(root, "val", stats.mean, stats.std)
     net = make_net(stats.channels, num_classes)
@@ -170,13 +180,19 @@ def segkit_pipeline(root: Path, info: Dict, epochs: int, batch_size: int, lr: fl
                     extra: Sequence[str] = ()) -> Dict:
     """``scripts/train.py`` with the budget, in a subprocess; its metrics.json and wall time."""
     names = ",".join(info["class_names"])
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "data=folder", f"data.source.root={root}",
-           f"data.num_classes={info['num_classes']}", f"data.class_names=[{names}]", "model=unet",
-           "model.encoder=resnet18", f"trainer.max_epochs={epochs}",
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"data={'voc' if is_voc(root) else 'folder'}",
+           f"data.source.root={root}", f"data.num_classes={info['num_classes']}", f"data.class_names=[{names}]",
+           "model=unet", "model.encoder=resnet18", f"trainer.max_epochs={epochs}",
            f"data.batch_size={batch_size}", "data.crop_size=null", "data/augment=none",
            "data.train_transform.transforms=[{_target_:albumentations.HorizontalFlip}]",
            "task/optimizer=adamw", f"task.optimizer.lr={lr}", "task/scheduler=poly", f"seed={seed}",
            f"hydra.run.dir={run_dir}", *extra]
+    return train_process(cmd, run_dir)
+
+
+def train_process(cmd: Sequence[str], run_dir: Path) -> Dict:
+    """``scripts/train.py`` in a subprocess (``cmd``): its metrics.json, its wall time and its planned config; the
+    command and its output go to ``run_dir/harness.log``."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -187,8 +203,9 @@ def segkit_pipeline(root: Path, info: Dict, epochs: int, batch_size: int, lr: fl
         raise RuntimeError(f"segkit training failed (exit {proc.returncode}); log: {run_dir / 'harness.log'}\n"
                            + proc.stderr[-2000:])
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    plan = [line.split("plan: ", 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if "plan: " in line]
     return {"mIoU": metrics["mIoU"], "per_class_iou": metrics["per_class_iou"], "last_mIoU": None,
-            "seconds": seconds}
+            "seconds": seconds, "plan": plan}
 
 
 def table(results: Dict[str, Dict[str, Dict]], infos: Dict[str, Dict], epochs: int, note: str) -> str:

@@ -6,7 +6,8 @@
 
 Each dataset is written deterministically (the same package versions give the same files), with a ``dataset.json``
 (class names, image sizes, train class frequency, where the data came from and its licence), in one of two layouts:
-segkit's folder layout (``images/*.png``, ``masks/*.png``, ``splits/{train,val}.txt``; ``data=folder``) or the
+segkit's folder layout (``images/*.png``, ``masks/*.png``, ``splits/{train,val}.txt``, ``class_names.txt``;
+``data=folder``) or the
 PASCAL VOC layout (``JPEGImages/*.jpg``, palette PNGs in ``SegmentationClass/``, ``ImageSets/Segmentation/
 {train,val,trainval}.txt`` and ``class_names.txt`` in the root; ``data=voc``)::
 
@@ -320,8 +321,9 @@ def voc_palette() -> List[int]:
     return palette
 
 
-def _write_folder(tmp: Path, samples: List[Sample], splits: Dict[str, List[str]]) -> None:
-    """segkit's folder layout: images/NAME.png, masks/NAME.png, splits/SPLIT.txt."""
+def _write_folder(tmp: Path, samples: List[Sample], splits: Dict[str, List[str]], class_names: Sequence[str]) -> None:
+    """segkit's folder layout: images/NAME.png, masks/NAME.png, splits/SPLIT.txt and class_names.txt (one name a
+    line, what convert.py writes and data.class_names=auto reads)."""
     for sub in ("images", "masks", "splits"):
         (tmp / sub).mkdir()
     for name, image, mask in samples:
@@ -330,6 +332,7 @@ def _write_folder(tmp: Path, samples: List[Sample], splits: Dict[str, List[str]]
         Image.fromarray(np.ascontiguousarray(mask)).save(tmp / "masks" / f"{name}.png")
     for split, names in splits.items():
         (tmp / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    (tmp / "class_names.txt").write_text("\n".join(class_names) + "\n")
 
 
 def _write_voc(tmp: Path, samples: List[Sample], splits: Dict[str, List[str]], class_names: Sequence[str]) -> None:
@@ -362,7 +365,7 @@ def write_dataset(root: Path, samples: List[Sample], splits: Dict[str, List[str]
         if layout == "voc":
             _write_voc(tmp, samples, splits, class_names)
         else:
-            _write_folder(tmp, samples, splits)
+            _write_folder(tmp, samples, splits, class_names)
         train = set(splits["train"])
         counts = np.zeros(len(class_names), np.int64)
         for name, _, mask in samples:

@@ -356,3 +356,40 @@ def test_deeplab_harness_smoke(tmp_path, monkeypatch):
     for row in rows.values():
         assert 0.0 <= row["mIoU"] <= 1.0 and set(row["per_class_iou"]) == {"dark", "bright"} and row["seconds"] > 0
     assert "| segkit-dwnorm |" in out.read_text()
+
+
+def test_defaults_panel_smoke(tmp_path, monkeypatch):
+    """benchmarks/defaults_panel.py: the segkit row is the layout, the root and the budget only; a VOC-layout dataset
+    runs with data=voc; every row lands in the table with a verdict."""
+    pytest.importorskip("segmentation_models_pytorch")
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the script imports real_data.py beside it
+    panel = _load_script("defaults_panel_benchmark", REPO / "benchmarks" / "defaults_panel.py")
+    root = tiny_dark_bright(tmp_path, seed=8)
+    (root / "class_names.txt").write_text("dark\nbright\n")
+    voc = tmp_path / "tiny_voc"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    for split in ("train", "val"):
+        names = (root / "splits" / f"{split}.txt").read_text().split()
+        (voc / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        for name in names:
+            Image.open(root / "images" / f"{name}.png").convert("RGB").save(voc / "JPEGImages" / f"{name}.jpg")
+            Image.open(root / "masks" / f"{name}.png").save(voc / "SegmentationClass" / f"{name}.png")
+    (voc / "class_names.txt").write_text("dark\nbright\n")
+    (voc / "dataset.json").write_text((root / "dataset.json").read_text())
+    assert panel.defaults_command(voc, 1, tmp_path / "r")[2:8] == [
+        "data=voc", f"data.source.root={voc}", "model=unet", "model.encoder=resnet18", "data.batch_size=8",
+        "trainer.max_epochs=1"]
+    out = tmp_path / "panel.md"
+    result = panel.main(["--datasets", str(voc), "--epochs", "1", "--out", str(out),
+                         "--work-dir", str(tmp_path / "work"), "--variant", "task.optimizer.lr=0.001"])
+    for name in ("tiny_voc",):  # the folder layout's rows are real_data.py's (test_harness_smoke)
+        rows = result["results"][name]
+        assert set(rows) == {"segkit", "smp", "segkit task.optimizer.lr=0.001"}
+        for run, row in rows.items():
+            assert "error" not in row, (name, run, row)
+            assert 0.0 <= row["mIoU"] <= 1.0
+        assert any(line.startswith("data.crop_size=None") for line in rows["segkit"]["plan"])
+        assert "pass" in result["verdicts"][name]
+    text = out.read_text()
+    assert "| segkit task.optimizer.lr=0.001 |" in text and "tiny_voc" in text and "voc)" in text
