@@ -167,16 +167,19 @@ def nuclei(num_train: int = 120, tile: int = 128, seed: int = 0, limit: int = 0
     samples: List[Sample] = []
     splits: Dict[str, List[str]] = {"train": [], "val": []}
     for i, x in enumerate(range(0, width - tile + 1, tile)):
-        name = f"val_{i:03d}"
-        samples.append((name, image[val_top:, x:x + tile], labels[val_top:, x:x + tile]))
-        splits["val"].append(name)
+        _add_tile(samples, splits, "val", f"val_{i:03d}", image, labels, val_top, x, tile)
     rng = np.random.default_rng(seed)
     for i in range(num_train):
         y, x = int(rng.integers(0, val_top - tile + 1)), int(rng.integers(0, width - tile + 1))
-        name = f"train_{i:03d}"
-        samples.append((name, image[y:y + tile, x:x + tile], labels[y:y + tile, x:x + tile]))
-        splits["train"].append(name)
+        _add_tile(samples, splits, "train", f"train_{i:03d}", image, labels, y, x, tile)
     return _limit(samples, splits, limit)
+
+
+def _add_tile(samples: List[Sample], splits: Dict[str, List[str]], split: str, name: str, image: np.ndarray,
+              labels: np.ndarray, y: int, x: int, tile: int) -> None:
+    """The ``tile`` x ``tile`` crop at ``(y, x)`` of an image and its labels, as sample ``name`` of ``split``."""
+    samples.append((name, image[y:y + tile, x:x + tile], labels[y:y + tile, x:x + tile]))
+    splits[split].append(name)
 
 
 def _valid_rectangle(valid: np.ndarray) -> Tuple[int, int, int, int]:
@@ -266,13 +269,10 @@ def objects_voc(tile: int = 128, train_per_photo: int = 30, seed: int = 0, limit
         for x in range(val_left, width - tile + 1, tile):
             for y in ys.tolist():
                 name = f"{prefix}_val_{sum(n.startswith(prefix) for n in splits['val']):02d}_y{y:03d}_x{x:03d}"
-                samples.append((name, rgb[y:y + tile, x:x + tile], labels[y:y + tile, x:x + tile]))
-                splits["val"].append(name)
+                _add_tile(samples, splits, "val", name, rgb, labels, y, x, tile)
         for i in range(train_per_photo):
             y, x = int(rng.integers(0, height - tile + 1)), int(rng.integers(0, val_left - tile + 1))
-            name = f"{prefix}_train_{i:02d}_y{y:03d}_x{x:03d}"
-            samples.append((name, rgb[y:y + tile, x:x + tile], labels[y:y + tile, x:x + tile]))
-            splits["train"].append(name)
+            _add_tile(samples, splits, "train", f"{prefix}_train_{i:02d}_y{y:03d}_x{x:03d}", rgb, labels, y, x, tile)
     return _limit(samples, splits, limit)
 
 

@@ -120,9 +120,16 @@ def check_data(cfg: DictConfig) -> Dict[str, Any]:
             plan = plan_from_config(cfg, instantiate(cfg.data.source))
         except DataError as exc:  # reported below with every other problem, file by file
             plan = [f"not planned: {exc}"]
-            for key in ("in_channels", "mean", "std", "crop_size", "batch_size"):
+            # placeholders so that every sample can still be read and its problems listed; num_classes unknown:
+            # accept every id below ignore_index (the plan's error above says what the masks hold)
+            ignore = cfg.data.get("ignore_index")
+            fallback = {"num_classes": ignore if isinstance(ignore, int) and ignore > 0 else 256, "class_names": None,
+                        "in_channels": 3, "batch_size": 1, "crop_size": 512}
+            for key in ("num_classes", "class_names", "in_channels", "mean", "std", "crop_size", "batch_size"):
                 if str(cfg.data.get(key)) == "auto":
-                    cfg.data[key] = {"in_channels": 3, "batch_size": 1, "crop_size": 512}.get(key)
+                    cfg.data[key] = fallback.get(key)
+            if str((cfg.data.get("train_transform") or {}).get("transforms")) == "auto":
+                cfg.data.train_transform = None  # checking never augments
     report = check_dataset(instantiate(cfg.data))
     report["plan"] = plan
     print(format_report(report))

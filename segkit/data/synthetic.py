@@ -136,6 +136,8 @@ def generate(root: Path, seed: int, size: int, num_train: int, num_val: int, num
                 if names:  # no list for an empty split: it is then simply absent (num_test=0)
                     (tmp / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
             (tmp / "classes.json").write_text(json.dumps({"class_names": CLASS_NAMES, "version": VERSION}))
+            # what data=folder's class_names=auto reads, so the cache is a complete folder-layout dataset
+            (tmp / "class_names.txt").write_text("\n".join(CLASS_NAMES) + "\n", encoding="utf-8")
             try:
                 os.replace(tmp, root)
             except OSError as exc:  # renaming onto a non-empty folder: ENOTEMPTY or EEXIST, by platform
