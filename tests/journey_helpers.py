@@ -76,7 +76,10 @@ class Steps:
         start = time.perf_counter()
         proc = subprocess.run(argv, cwd=self.cwd, env=env or self.env, capture_output=True, text=True,
                               timeout=timeout)
-        self.done.append((f"{script} {' '.join(args)}"[:200], time.perf_counter() - start))
+        label = f"python -c {args[0].strip().splitlines()[-1]!r}" if script == "-c" else f"{script} {' '.join(args)}"
+        self.done.append((label[:200], time.perf_counter() - start))
+        with open(self.cwd / "steps.log", "a") as log:  # where a journey's time goes
+            log.write(f"{self.done[-1][1]:6.1f} s  exit {proc.returncode}  {self.done[-1][0]}\n")
         if check and proc.returncode != 0:
             raise StepFailed(failure(proc, argv, self.cwd))
         return proc

@@ -55,8 +55,9 @@ open a 4-band TIFF that segkit itself reads.
 
 The journeys' processes run two at a time (``SEGKIT_JOURNEY_WORKERS``), started together when the module starts
 (only those of the tests selected), longest first; each test then waits for its own journey and checks its outputs.
-On a shared 2-core machine the module takes about 11 minutes: ~100 fresh processes, each 5 s of imports (lightning)
-before it starts work. Every journey but QUICK's is marked slow: ``-m "not slow"`` takes about 2 minutes.
+On a shared 2-core VM (load ~4) the module took 13.5 minutes: ~120 fresh processes of 9-28 s each (5 s of it the
+lightning import; the ONNX export ~25 s), two at a time; each journey's steps.log lists its steps' times. Every
+journey but QUICK's is marked slow: ``-m "not slow"`` took 2 minutes.
 """
 from __future__ import annotations
 
