@@ -366,3 +366,34 @@ def test_duplicate_name_check_is_linear(tmp_path):
     _CountingName.comparisons = 0
     write_dataset(Annotations(["background"], None, samples), tmp_path / "out")
     assert _CountingName.comparisons < 5 * n  # a list scan makes n * (n - 1) / 2 = 44850
+
+
+# ---- labelme beside a TIFF that PIL cannot open (found by the journeys) -------------------------------------------
+@pytest.mark.parametrize("sizes_in_json", [True, False])
+@pytest.mark.parametrize("planar", [False, True])
+def test_labelme_converts_a_4band_tiff_that_segkit_reads(tmp_path, sizes_in_json, planar):
+    import tifffile
+
+    from segkit.data.io import read_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    image = np.random.default_rng(0).integers(0, 4096, (10, 12, 4), dtype=np.uint16)  # RGB + NIR, 12-bit
+    # interleaved 4-band minisblack: PIL cannot identify it; planar, as GeoTIFFs store bands: PIL cannot decode it
+    tifffile.imwrite(src / "field.tif", image.transpose(2, 0, 1) if planar else image, photometric="minisblack",
+                     planarconfig="separate" if planar else "contig")
+    with pytest.raises((ValueError, OSError)):
+        Image.open(src / "field.tif").load()
+    doc = {"version": "5.5.0", "flags": {}, "imagePath": "field.tif", "imageData": None,
+           "shapes": [_shape("crop", "rectangle", [[2, 2], [6, 5]])]}
+    if sizes_in_json:
+        doc.update(imageHeight=10, imageWidth=12)
+    (src / "field.json").write_text(json.dumps(doc))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("_background_\ncrop\n")
+    out = tmp_path / "out"
+    report = convert("labelme", src, out, class_names=labels, split="train")
+    assert report["problems"] == [] and report["converted"]["images"] == 1
+    np.testing.assert_array_equal(read_image(out / "images" / "field.tif"), image.astype(np.float32) / 65535)
+    mask = read_mask(out / "masks" / "field.png")
+    assert mask.shape == (10, 12) and mask[2:6, 2:7].min() == 1 and mask.sum() == mask[2:6, 2:7].sum()

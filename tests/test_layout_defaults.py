@@ -253,3 +253,25 @@ def test_a_one_image_training_split_trains(tmp_path):
     assert 0.0 <= metrics["mIoU"] <= 1.0
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 2  # one step per epoch: the image twice, two augmentations
+
+
+@pytest.mark.parametrize("first", ["8bit", "16bit"])
+def test_a_dataset_mixing_8_and_16_bit_files_is_float_whichever_sorts_first(tmp_path, first):
+    """The spec's image_dtype (what an export takes by default) must be float when any training file is 16-bit:
+    the batches are float, and a uint8 model would drop the 16-bit files' low byte."""
+    from segkit.data.datamodule import SegmentationDataModule
+
+    root = tmp_path / "mixed"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(9)
+    names = ["a", "b"] if first == "8bit" else ["b", "a"]
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "images" / f"{names[0]}.png")
+    cv2.imwrite(str(root / "images" / f"{names[1]}.png"), rng.integers(0, 65536, (8, 8, 3), dtype=np.uint16))
+    for name in names:
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / f"{name}.png")
+    for cache in (False, True):
+        dm = SegmentationDataModule(FolderSource(str(root), val_ratio=0.0), num_classes=2, cache=cache)
+        if cache:
+            dm.dataset("train").preload()
+        assert dm.spec.image_dtype == "float32", (first, cache)

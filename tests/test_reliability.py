@@ -289,6 +289,36 @@ def test_nan_loss_skip_policy_skips_step():
     assert task.training_step(_batch(), 0) is None
 
 
+class _DivergedNet(_NaNNet):
+    """A diverged network whose training-mode outputs stay finite but whose evaluation-mode outputs are not (the
+    huge weights of lr=1e6 through BatchNorm's running statistics)."""
+
+    def forward(self, x):
+        return self.conv(x) * (1.0 if self.training else float("inf"))
+
+
+def _trainer_in(fn: str):
+    state = type("State", (), {"fn": fn})()
+    return type("FakeTrainer", (), {"state": state, "world_size": 1, "global_step": 0})()
+
+
+@pytest.mark.parametrize("stage", ["validation", "test"])
+def test_non_finite_evaluation_loss_during_fit_raises(stage):
+    task = SegmentationTask(_DivergedNet(), 2)
+    task._trainer = _trainer_in("fit")
+    task.log = lambda *args, **kwargs: None
+    assert torch.isfinite(task.training_step(_batch(), 0))
+    task.net.eval()
+    with pytest.raises(FloatingPointError, match="diverged.*task.optimizer.lr"):
+        getattr(task, f"{stage}_step")(_batch(), 0)
+    task._trainer = _trainer_in("validate")  # evaluate.py scores what it is given, NaN loss and all
+    task.validation_step(_batch(), 0)
+    skip = SegmentationTask(_DivergedNet(), 2, nan_policy="skip")
+    skip._trainer, skip.log = _trainer_in("fit"), task.log
+    skip.net.eval()
+    skip.validation_step(_batch(), 0)
+
+
 def test_nan_skip_refused_with_several_processes():
     task = SegmentationTask(_NaNNet(), 2, nan_policy="skip")
     task._trainer = type("FakeTrainer", (), {"world_size": 2})()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Container, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from segkit.data.classnames import IGNORE_LABEL, read_class_names  # noqa: F401  (IGNORE_LABEL re-exported)
 from segkit.data.io import IMAGE_SUFFIXES, DataError, default_palette
@@ -284,19 +284,26 @@ def read_labelme(json_files: Sequence[Path], class_names: Sequence[str], ignore_
 def _labelme_image(doc: Dict[str, Any], path: Path) -> Tuple[Union[Path, Tuple[bytes, str]], Tuple[int, int]]:
     """The image file beside the JSON (``imagePath``), or the embedded ``imageData``; and its (height, width)."""
     image_path = path.parent / str(doc.get("imagePath") or "").replace("\\", "/")
+    size = (int(doc["imageHeight"]), int(doc["imageWidth"])) if doc.get("imageHeight") and doc.get("imageWidth") \
+        else None
     if doc.get("imagePath") and image_path.is_file():
         image: Union[Path, Tuple[bytes, str]] = image_path
-        opened = Image.open(image_path)
-    elif doc.get("imageData"):
+        if size is None:  # segkit's reader: multi-band and 16-bit TIFFs that PIL cannot open too
+            from segkit.data.io import read_image
+
+            size = read_image(image_path).shape[:2]
+        return image, size
+    if doc.get("imageData"):
         data = base64.b64decode(doc["imageData"])
-        opened = Image.open(io.BytesIO(data))
+        try:
+            opened = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{path}: cannot decode its embedded imageData ({exc}); save the image beside the JSON "
+                            "and set imagePath") from None
         image = (data, "." + (opened.format or "png").lower().replace("jpeg", "jpg"))
-    else:
-        raise DataError(f"{path}: image {image_path} not found and no imageData embedded; put the image beside the "
-                        "JSON or save it with image data")
-    if doc.get("imageHeight") and doc.get("imageWidth"):
-        return image, (int(doc["imageHeight"]), int(doc["imageWidth"]))
-    return image, (opened.height, opened.width)
+        return image, size or (opened.height, opened.width)
+    raise DataError(f"{path}: image {image_path} not found and no imageData embedded; put the image beside the "
+                    "JSON or save it with image data")
 
 
 # ---- CVAT "Segmentation mask 1.1" ------------------------------------------------------------------------------

@@ -104,11 +104,17 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._spec
 
     def _float_images(self) -> bool:
-        """Whether the first training image is read as float (16-bit or float files)."""
+        """Whether training images are read as float (16-bit or float files; any of them, as a batch mixing 8- and
+        16-bit files is float): from the decoded cache when there is one, else from the files' headers."""
+        from segkit.data.io import reads_as_float
+
         try:
-            return self.dataset("train").load(0)[0].dtype.kind == "f"
+            dataset = self.dataset("train")
         except Exception:  # no train split (evaluation-only data): the spec comes from the checkpoint anyway
             return False
+        if dataset._cache is not None:
+            return any(image.dtype.kind == "f" for image, _ in dataset._cache)
+        return any(reads_as_float(path) for path, _ in dataset.samples)
 
     # ---- datasets and loaders ------------------------------------------------------------------------------
     def dataset(self, split: str, train: bool = False) -> SegmentationDataset:

@@ -56,6 +56,27 @@ def _decode_16bit_png(path: Path) -> np.ndarray:
     return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
 
 
+def reads_as_float(path: Path) -> bool:
+    """Whether :func:`read_image` gives ``path`` as float (16/32-bit integer and float files) rather than uint8, from
+    the file's header alone (no decoding)."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                return np.dtype(tif.series[0].dtype) not in (np.uint8, np.bool_)
+        except Exception:  # unreadable: read_image names the file when it is read
+            return False
+    if path.suffix.lower() == ".png" and path.is_file() and png_is_16bit_colour(path):
+        return True
+    try:
+        with Image.open(path) as img:
+            return img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return False
+
+
 def _decode_image(path: Path) -> np.ndarray:
     """The stored pixels as ``(H, W, C)`` in their own dtype (uint8, uint16, int32 or float32)."""
     path = Path(path)

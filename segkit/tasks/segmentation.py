@@ -142,6 +142,13 @@ class SegmentationTask(L.LightningModule):
         logits = self.infer(batch["image"])
         target = self.targets(batch)
         loss = self.loss(logits, target)
+        trainer = getattr(self, "_trainer", None)
+        if self.nan_policy == "raise" and trainer is not None and trainer.state.fn == "fit" \
+                and not torch.isfinite(loss):
+            # a diverged network can keep a finite (huge) training loss: its evaluation shows it
+            raise FloatingPointError(
+                f"non-finite {stage} loss ({loss.item()}) at step {self.global_step} (images "
+                f"{list(batch['name'])[:4]}): training has diverged. Lower task.optimizer.lr or check the data.")
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
         preds = logits.argmax(dim=1)
         metrics.update(preds, target)
