@@ -1,6 +1,6 @@
 """Helpers of tests/test_journeys.py: toy datasets in every layout and input kind a user brings, the CLI steps run as a
-user runs them (``python scripts/NAME.py ...`` in a fresh process), a network guard for those processes, and the
-checks of what the steps write."""
+user runs them (a journey's ``python scripts/NAME.py ...`` commands one after another in one fresh process, each run
+as the CLI runs it), a network guard for those processes, and the checks of what the steps write."""
 from __future__ import annotations
 
 import base64
@@ -48,10 +48,10 @@ def write_network_guard(folder: Path) -> Path:
 
 
 def cli_env(guard: Optional[Path] = None, **extra: str) -> Dict[str, str]:
-    """The environment of a step: the checkout importable (PYTHONPATH, as tests/test_cli.py), one thread per process
-    (the journeys run two at a time on two cores; training and evaluation use the same count, so their mIoU agree to
-    the last digit), no albumentations update check; with ``guard`` (a folder from :func:`write_network_guard`),
-    Python starts with the network blocked."""
+    """The environment of a journey's process: the checkout importable (PYTHONPATH, as tests/test_cli.py), one thread
+    per process (the journeys run two at a time on two cores; training and evaluation use the same count, so their mIoU
+    agree to the last digit), no albumentations update check; with ``guard`` (a folder from
+    :func:`write_network_guard`), Python starts with the network blocked."""
     path = ([str(guard)] if guard else []) + [str(REPO)]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
             "NO_ALBUMENTATIONS_UPDATE": "1", **extra}
@@ -61,56 +61,176 @@ class StepFailed(AssertionError):
     pass
 
 
+# A journey's fresh Python process: ``python -c DRIVER PLAN.json`` runs the plan's steps one after another as the CLI
+# runs them: ``python scripts/NAME.py ARGS`` is ``runpy.run_path`` of the script as ``__main__`` with that
+# ``sys.argv`` (Hydra's global state cleared first, as a new interpreter has it), a snippet is ``exec``'d as
+# ``python -c CODE ARGS``. Each step's stdout and stderr (file descriptors 1 and 2, so C-level output too) go to its
+# own file, and its time and exit (SystemExit's code: None/0 is 0, a message is printed and is 1; an exception is
+# printed and is 1) to steps.log. A failing step ends the process unless the plan says otherwise. Nothing is imported
+# before the first step but the standard library: its time includes the imports a user's first command pays.
+DRIVER = r"""
+import json, os, runpy, sys, time, traceback
+
+plan = json.load(open(sys.argv[1]))
+cwd = os.getcwd()
+done = []
+with open(plan["steps_log"], "a") as log:
+    log.write(f"-- a fresh process (pid {os.getpid()}): {plan['title']}\n")
+for step in plan["steps"]:
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    out = os.open(step["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(out, 1); os.dup2(out, 2); os.close(out)
+    start = time.perf_counter()
+    try:
+        if "script" in step:
+            from hydra.core.global_hydra import GlobalHydra
+
+            GlobalHydra.instance().clear()
+            sys.argv = [step["script"], *step["args"]]
+            sys.path[0] = os.path.dirname(step["script"])  # as python scripts/NAME.py has it
+            runpy.run_path(step["script"], run_name="__main__")
+        else:
+            sys.argv = ["-c", *step["args"]]
+            sys.path[0] = ""
+            exec(compile(step["code"], "<string>", "exec"), {"__name__": "__main__"})
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    seconds = time.perf_counter() - start
+    os.chdir(cwd)  # each command is typed in the same folder
+    sys.stdout.flush(); sys.stderr.flush()
+    os.dup2(saved[0], 1); os.dup2(saved[1], 2); os.close(saved[0]); os.close(saved[1])
+    with open(plan["steps_log"], "a") as log:
+        log.write(f"{seconds:6.1f} s  exit {code}  {step['label']}\n")
+    done.append({"exit": code, "seconds": seconds})
+    if code != 0 and step["check"]:
+        break
+json.dump(done, open(plan["results"], "w"))
+"""
+
+
 @dataclass
-class Steps:
-    """The CLI steps of one journey, run one after another in ``cwd``; each records its command and duration."""
+class StepResult:
+    label: str
+    command: str  # as a user types it, from the journey's folder
+    exit: Optional[int]  # None: not run (an earlier step failed)
+    seconds: float
+    output: str  # stdout and stderr together
+
+
+@dataclass
+class Process:
+    """One fresh Python process of a journey (``python -c DRIVER``, cwd the journey's folder): the CLI steps added
+    with :meth:`script` and :meth:`python`, run one after another by :meth:`run`."""
 
     cwd: Path
+    title: str
     env: Dict[str, str] = field(default_factory=cli_env)
-    done: List[Tuple[str, float]] = field(default_factory=list)
+    steps: List[Dict] = field(default_factory=list)
 
-    def run(self, script: str, *args: str, check: bool = True, env: Optional[Dict[str, str]] = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-        """``python scripts/<script>.py ARGS`` (``script`` may also be ``-c``: a Python snippet)."""
-        argv = [sys.executable, *(["-c"] if script == "-c" else [str(REPO / "scripts" / f"{script}.py")]), *args]
+    def script(self, script: str, *args: str, check: bool = True) -> "Process":
+        """``python scripts/<script>.py ARGS``."""
+        return self._add({"script": str(REPO / "scripts" / f"{script}.py"), "args": list(args)}, check,
+                         f"{script} {' '.join(args)}", f"python scripts/{script}.py {' '.join(args)}", script)
+
+    def python(self, code: str, *args: str, label: str, check: bool = True) -> "Process":
+        """``python -c CODE ARGS``."""
+        return self._add({"code": code, "args": list(args)}, check, label, f"python -c <{label}> {' '.join(args)}",
+                         "python")
+
+    def _add(self, step: Dict, check: bool, label: str, command: str, name: str) -> "Process":
+        logs = self.cwd / "step-logs"
+        logs.mkdir(exist_ok=True)
+        output = logs / f"{len(list(logs.glob('*.log'))):02d}-{name}.log"
+        output.touch()
+        self.steps.append({**step, "check": check, "label": label[:200], "command": command,
+                           "output": str(output)})
+        return self
+
+    def run(self, timeout: float = 1200) -> List[StepResult]:
+        """Run the steps in one fresh process; raise :class:`StepFailed` (with the failed step's command and
+        output) if a checked step exits non-zero or the process dies."""
+        plan, results = self.cwd / "step-logs" / "plan.json", self.cwd / "step-logs" / "results.json"
+        results.unlink(missing_ok=True)
+        plan.write_text(json.dumps({"title": self.title, "steps": self.steps, "steps_log": str(self.cwd / "steps.log"),
+                                    "results": str(results)}))
         start = time.perf_counter()
-        proc = subprocess.run(argv, cwd=self.cwd, env=env or self.env, capture_output=True, text=True,
-                              timeout=timeout)
-        label = f"python -c {args[0].strip().splitlines()[-1]!r}" if script == "-c" else f"{script} {' '.join(args)}"
-        self.done.append((label[:200], time.perf_counter() - start))
-        with open(self.cwd / "steps.log", "a") as log:  # where a journey's time goes
-            log.write(f"{self.done[-1][1]:6.1f} s  exit {proc.returncode}  {self.done[-1][0]}\n")
-        if check and proc.returncode != 0:
-            raise StepFailed(failure(proc, argv, self.cwd))
-        return proc
-
-    def start(self, script: str, *args: str) -> subprocess.Popen:
-        """The same step in the background (to be interrupted), output to ``<script>.log`` in ``cwd``."""
-        log = open(self.cwd / f"{script}.log", "w")
-        return subprocess.Popen([sys.executable, str(REPO / "scripts" / f"{script}.py"), *args], cwd=self.cwd,
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def failure(proc: subprocess.CompletedProcess, argv: Sequence[str], cwd: Path) -> str:
-    return (f"exit {proc.returncode}: (cd {cwd} && {' '.join(map(str, argv))})\n--- stdout (end) ---\n"
-            f"{proc.stdout[-3000:]}\n--- stderr (end) ---\n{proc.stderr[-6000:]}")
+        proc = subprocess.run([sys.executable, "-c", DRIVER, str(plan)], cwd=self.cwd, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        wall = time.perf_counter() - start
+        with open(self.cwd / "steps.log", "a") as log:  # the process's own time: its steps' and its start's
+            log.write(f"{wall:6.1f} s  process exit {proc.returncode} (wall time of the fresh process)\n")
+        done = json.loads(results.read_text()) if results.is_file() else []
+        out = [StepResult(s["label"], f"(cd {self.cwd} && {s['command']})", d["exit"] if d else None,
+                          d["seconds"] if d else 0.0, Path(s["output"]).read_text(errors="replace"))
+               for s, d in zip(self.steps, done + [None] * (len(self.steps) - len(done)))]
+        failed = [r for r, s in zip(out, self.steps) if r.exit not in (0, None) and s["check"]]
+        if failed or proc.returncode != 0 or len(done) < len(self.steps):
+            last = failed[0] if failed else next((r for r in out if r.exit is None), out[-1])
+            raise StepFailed(f"exit {last.exit}: {last.command}\n--- its output (end) ---\n{last.output[-8000:]}\n"
+                             f"--- the process (exit {proc.returncode}) ---\n{proc.stdout[-2000:]}"
+                             f"{proc.stderr[-4000:]}")
+        return out
 
 
-def wait_for(path_or_check: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    """Poll (every 20 ms) until ``path_or_check()`` holds; fail if ``proc`` ends first or after ``timeout``."""
+def run_python(cwd: Path, code: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """``python -c CODE`` in a fresh process, checked."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env or cli_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@dataclass
+class Background:
+    """``python scripts/<script>.py ARGS`` as a process of its own, in the background (to be SIGKILLed), output to
+    ``<script>.log`` in ``cwd``; :func:`kill` writes its time to steps.log."""
+
+    proc: subprocess.Popen
+    cwd: Path
+    label: str
+    started: float
+
+
+def start(cwd: Path, script: str, *args: str, env: Optional[Dict[str, str]] = None) -> Background:
+    log = open(cwd / f"{script}.log", "w")
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / f"{script}.py"), *args], cwd=cwd,
+                            env=env or cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    with open(cwd / "steps.log", "a") as steps_log:
+        steps_log.write(f"-- a fresh process (pid {proc.pid}), in the background: python scripts/{script}.py\n")
+    return Background(proc, cwd, f"{script} {' '.join(args)}"[:200], time.perf_counter())
+
+
+def wait_for(path_or_check: Callable[[], bool], job: Background, what: str, timeout: float = 600) -> None:
+    """Poll (every 20 ms) until ``path_or_check()`` holds; fail if the process ends first or after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not path_or_check():
-        if proc.poll() is not None:
-            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
+        if job.proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {job.proc.returncode}) before {what}:\n"
+                                 + (job.cwd / f"{job.label.split()[0]}.log").read_text()[-5000:])
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} after {timeout} s")
         time.sleep(0.02)
 
 
-def kill(proc: subprocess.Popen) -> None:
+def kill(job: Background) -> None:
     """SIGKILL the process we started (its own session: its process group, data loader workers included)."""
-    os.killpg(proc.pid, 9)
-    proc.wait(timeout=60)
+    os.killpg(job.proc.pid, 9)
+    job.proc.wait(timeout=60)
+    with open(job.cwd / "steps.log", "a") as log:
+        log.write(f"{time.perf_counter() - job.started:6.1f} s  killed (SIGKILL)  {job.label}\n"
+                  f"{time.perf_counter() - job.started:6.1f} s  process exit {job.proc.returncode} (wall time of the "
+                  f"fresh process)\n")
 
 
 # ---- toy images: every input kind ---------------------------------------------------------------------------------

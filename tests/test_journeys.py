@@ -1,8 +1,10 @@
-"""End-to-end journeys: what a user types, each step a fresh ``python scripts/NAME.py ...`` process (cwd a tmp folder,
-PYTHONPATH the checkout), on toy data (32-64 px images, 4-12 per split, one epoch), checked on what the user relies
-on: metrics.json with a finite mIoU, evaluate.py's mIoU equal to training's (best checkpoint), a palette mask of the
-input's size and valid class ids per predicted image (and the checkpoint's argmax), an ONNX export whose logits in
-onnxruntime match the checkpoint's to 1e-4.
+"""End-to-end journeys: what a user types, each journey in its own fresh Python process (cwd a tmp folder, PYTHONPATH
+the checkout) that runs the user's commands one after another exactly as the CLI does (``python scripts/NAME.py ARGS``
+is ``runpy.run_path`` of the script as ``__main__`` with that ``sys.argv``, Hydra's global state cleared between
+scripts, a ``sys.exit`` caught and its code checked: journey_helpers.DRIVER), on toy data (32-64 px images, 4-12 per
+split, one epoch), checked on what the user relies on: metrics.json with a finite mIoU, evaluate.py's mIoU equal to
+training's (best checkpoint), a palette mask of the input's size and valid class ids per predicted image (and the
+checkpoint's argmax), an ONNX export whose logits in onnxruntime match the checkpoint's to 1e-4.
 
 Matrix: layout x input kind x encoder weights, chosen so that every pair of values is covered (not the product).
 A row's dataset holds the files of its input kinds (two kinds of one channel count: a dataset mixing 8- and 16-bit
@@ -11,9 +13,9 @@ train export, then a second conversion of the val export into the same folder (`
 reuse sample names, so the val samples are renamed NAME_val and the train ones kept), with sub-folders, labelme
 points, lines and ``__ignore__``, a COCO ``_background_`` category and crowd regions. Weights ``local``:
 ``model=unet model.encoder=resnet18 model.encoder_weights=<a torchvision resnet18 state dict file>``; after training
-the file is deleted and evaluate, predict, export (onnx and pretrained) and ``segkit.from_pretrained`` run in
-processes whose Python starts with every socket connect raising (a ``sitecustomize.py`` first on PYTHONPATH) and an
-empty TORCH_HOME, and none of them may even try to connect. Weights ``scratch``: ``model=unet_small``.
+the file is deleted and evaluate, predict, export (onnx and pretrained) and ``segkit.from_pretrained`` run in a
+second fresh process whose Python starts with every socket connect raising (a ``sitecustomize.py`` first on
+PYTHONPATH) and an empty TORCH_HOME, and none of them may even try to connect. Weights ``scratch``: ``model=unet_small``.
 
 | journey | layout | input kinds | weights | pairs covered |
 |---|---|---|---|---|
@@ -42,22 +44,30 @@ in voc), grey16 = 16-bit grey PNG (PIL I;16), rgb16 = 16-bit RGB PNG (cv2), tiff
 planar). Folder rows also vary the class list (class_names.txt; labelmap.txt, whose colours become the
 palette; none: num_classes from the masks) and the splits (lists; none: a seeded val split).
 
-Interrupted and repeated work, beside the matrix: a training run SIGKILLed after its first last.ckpt, resumed with
-``ckpt_path=last hydra.run.dir=<run>`` to max_epochs; a sweep whose seeded draws give one trial lr=1e20 (NaN loss),
-killed while a later trial runs, then the same command with ``hydra.run.dir=<sweep dir>`` (the interrupted trial
-marked failed, new trials added, finished ones kept); the second conversion into one folder is in every coco,
+Interrupted and repeated work, beside the matrix: a training run (``python scripts/train.py``, a process of its own)
+SIGKILLed after its first last.ckpt, resumed in a fresh process with ``ckpt_path=last hydra.run.dir=<run>`` to
+max_epochs; a sweep (a process of its own) whose seeded draws give one trial lr=1e20 (NaN training loss), killed while
+a later trial runs, then the same command in a fresh process with ``hydra.run.dir=<sweep dir>`` (the interrupted
+trial marked failed, new trials added, finished ones kept); the second conversion into one folder is in every coco,
 labelme and cvat row.
 
-segkit defects found by these journeys are pinned by strict xfail tests at the end (each turns into a failure once
-fixed, to drop its mark): a dataset mixing 8- and 16-bit files exports a uint8 model when an 8-bit file sorts first;
-a run whose validation loss is NaN passes as trained under task.nan_policy=raise; convert.py format=labelme cannot
-open a 4-band TIFF that segkit itself reads.
+segkit defects these journeys found, fixed since (commit 98d2f3f), each kept as a test at the end: a dataset mixing
+8- and 16-bit files exported a uint8 model when an 8-bit file sorted first (every mixed journey's model.json now
+says float32); a run whose validation loss is NaN (training loss finite) passed as trained under
+task.nan_policy=raise (it now fails with a FloatingPointError and writes no metrics.json); convert.py format=labelme
+could not open a 4-band TIFF that segkit itself reads (now converted: train and val exports into one folder).
 
 The journeys' processes run two at a time (``SEGKIT_JOURNEY_WORKERS``), started together when the module starts
 (only those of the tests selected), longest first; each test then waits for its own journey and checks its outputs.
-On a shared 2-core VM (load ~4) the module took 13.5 minutes: ~120 fresh processes of 9-28 s each (5 s of it the
-lightning import; the ONNX export ~25 s), two at a time; each journey's steps.log lists its steps' times. Every
-journey but QUICK's is marked slow: ``-m "not slow"`` took 2 minutes.
+Each journey's folder has steps.log (every process, each step's time and exit, each process's wall time) and
+step-logs/ (each step's output). Time, measured with ``time python -m pytest -q tests/test_journeys.py`` on a 2-core
+VM shared with a benchmark (load average 4.2 before, 4.6 after): 6.0 minutes (362 s wall, 362 s CPU user+sys with
+the children's), 28 fresh processes (16 journeys, 6 of them a second offline process; 2 each for the killed run and
+the sweep; 1 each for the NaN run and the 4-band TIFF conversion) whose wall times in the steps.log files sum to
+706 s (two at a time: 353 s); of that, the first step of each process ~5-9 s (the torch/lightning imports), ONNX
+exports 9-17 s, the rest 0.2-6 s per step. With the 2 cores to itself the module needs about its CPU time over two:
+~3-3.5 minutes. Every journey but QUICK's is marked slow (all run by default); ``-m "not slow"`` took 72 s wall
+under the same load.
 """
 from __future__ import annotations
 
@@ -71,7 +81,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -80,9 +90,9 @@ import torchvision
 from PIL import Image
 
 from journey_helpers import (CHANNELS, CLASSES, COCO_CLASSES, EIGHT_BIT, KINDS, LABELME_LABELS, NETWORK_BLOCKED,
-                             Dataset, Steps, cli_env, image_size, kill, probe_batch, same_argmax, wait_for,
-                             write_cityscapes, write_coco_export, write_cvat_export, write_folder,
-                             write_labelme_export, write_network_guard, write_voc)
+                             Dataset, Process, StepResult, cli_env, image_size, kill, probe_batch, run_python,
+                             same_argmax, start, wait_for, write_cityscapes, write_coco_export, write_cvat_export,
+                             write_folder, write_labelme_export, write_network_guard, write_voc)
 
 LAYOUTS = ("folder", "voc", "cityscapes", "coco", "labelme", "cvat")
 WEIGHTS = ("scratch", "local")
@@ -152,25 +162,39 @@ def test_the_matrix_covers_every_pair():
 
 WORKERS = int(os.environ.get("SEGKIT_JOURNEY_WORKERS", "2"))
 RESNET_WEIGHTS_MARK = "layer4.1.bn2.weight"  # set to 0.5 in the local weights file (1.0 in a fresh ResNet)
+# segkit.from_pretrained on the probe image (as the exported model takes it: model.json's dtype), as a user's snippet
 FROM_PRETRAINED = """
-import sys, numpy as np, torch, segkit
-model = segkit.from_pretrained(sys.argv[1])
+import json, sys
+from pathlib import Path
+
+import numpy as np, torch, segkit
+
+tests, folder, probe, channels, out = sys.argv[1:]
+sys.path.insert(0, tests)
+from journey_helpers import probe_batch
+
+batch = probe_batch(Path(probe), int(channels), json.loads(Path("model.json").read_text())["input"]["dtype"])
+model = segkit.from_pretrained(folder)
 with torch.inference_mode():
-    np.save(sys.argv[3], model(torch.from_numpy(np.load(sys.argv[2]))).numpy())
+    np.save(out, model(torch.from_numpy(batch)).numpy())
 """
 
 
 def image_dtype(journey: Journey) -> Optional[str]:
     """What the exported model takes: uint8 for 8-bit files, float32 (0-1) for 16-bit ones; a dataset mixing both is
-    read as float batches (test_a_mixed_bit_depth_model_exports_float_input)."""
-    eight = {k in EIGHT_BIT for k in journey.kinds}
-    return None if len(eight) > 1 else "uint8" if eight == {True} else "float32"
+    read as float batches, whichever file sorts first (test_a_mixed_bit_depth_model_exports_float_input)."""
+    return "uint8" if all(k in EIGHT_BIT for k in journey.kinds) else "float32"
 
 
-def converted(steps: Steps, journey: Journey, rng) -> Dataset:
-    """A tool's train and val exports, converted one after the other into ``ds/`` as a user does; checks that the
-    second conversion kept the first's samples and renamed its own clashing names."""
-    work, kinds, layout = steps.cwd, journey.kinds, journey.layout
+def mixed_depths(journey: Journey) -> bool:
+    return len({k in EIGHT_BIT for k in journey.kinds}) > 1
+
+
+def converted(proc: Process, journey: Journey, rng) -> Tuple[Dataset, Callable[[], None]]:
+    """A tool's train and val exports, converted one after the other into ``ds/`` as a user does (two convert steps
+    of ``proc``). Returns the dataset and its check, to call once they ran: the second conversion kept the first's
+    samples and renamed its own clashing names (it also sets the dataset's probe, a val image)."""
+    work, kinds, layout = proc.cwd, journey.kinds, journey.layout
     if layout == "coco":  # COCO names its images uniquely (train_000, val_000): nothing to rename
         inputs = [write_coco_export(work / f"coco-{split}", kinds, rng, split, n) for split, n in (("train", 6),
                                                                                                ("val", 4))]
@@ -188,36 +212,44 @@ def converted(steps: Steps, journey: Journey, rng) -> Dataset:
         extra, names = [[], []], CLASSES
     fmt = {"coco": "coco", "labelme": "labelme", "cvat": "cvat_mask"}[layout]
     for path, split, more in zip(inputs, ("train", "val"), extra):
-        steps.run("convert", f"format={fmt}", f"input={path.relative_to(work)}", "output=ds", f"split={split}", *more)
+        proc.script("convert", f"format={fmt}", f"input={path.relative_to(work)}", "output=ds", f"split={split}",
+                    *more)
     ds = work / "ds"
-    train_names = (ds / "splits/train.txt").read_text().split()
-    val_names = (ds / "splits/val.txt").read_text().split()
-    renamed = {n: f"{n}_val" if n in sources[0] else n for n in sources[1]}
-    assert set(train_names) == set(sources[0]) and set(val_names) == set(renamed.values()), (train_names, val_names)
-    if layout != "coco":  # sub-folders (day1/x -> day1__x), and clashing names renamed
-        assert any(n.startswith("day1__") for n in train_names) and all(n.endswith("_val") for n in val_names)
-    for name, src in [*sources[0].items(), *((renamed[n], s) for n, s in sources[1].items())]:
-        written, = (ds / "images").glob(f"{name}.*")  # the train samples were not overwritten by the val ones
-        assert written.read_bytes() == src.read_bytes(), f"{written} is not {src}"
-    assert (ds / "class_names.txt").read_text().split() == names
-    if layout != "cvat":  # COCO crowd regions and labelme __ignore__ shapes: ignore_index
-        assert all(255 in np.asarray(Image.open(p)) for p in (ds / "masks").glob("*.png"))
-    probe = next(p for p in sorted((ds / "images").iterdir()) if p.stem in val_names)
-    return Dataset("folder", ds, ds / "images", list(names), probe=probe)
+    data = Dataset("folder", ds, ds / "images", list(names))
+
+    def check() -> None:
+        train_names = (ds / "splits/train.txt").read_text().split()
+        val_names = (ds / "splits/val.txt").read_text().split()
+        renamed = {n: f"{n}_val" if n in sources[0] else n for n in sources[1]}
+        assert set(train_names) == set(sources[0]) and set(val_names) == set(renamed.values()), (train_names,
+                                                                                                 val_names)
+        if layout != "coco":  # sub-folders (day1/x -> day1__x), and clashing names renamed
+            assert any(n.startswith("day1__") for n in train_names) and all(n.endswith("_val") for n in val_names)
+        for name, src in [*sources[0].items(), *((renamed[n], s) for n, s in sources[1].items())]:
+            written, = (ds / "images").glob(f"{name}.*")  # the train samples were not overwritten by the val ones
+            assert written.read_bytes() == src.read_bytes(), f"{written} is not {src}"
+        assert (ds / "class_names.txt").read_text().split() == names
+        if layout != "cvat":  # COCO crowd regions and labelme __ignore__ shapes: ignore_index
+            assert all(255 in np.asarray(Image.open(p)) for p in (ds / "masks").glob("*.png"))
+        data.probe = next(p for p in sorted((ds / "images").iterdir()) if p.stem in val_names)
+
+    return data, check
 
 
-def dataset(steps: Steps, journey: Journey) -> Dataset:
+def dataset(proc: Process, journey: Journey) -> Tuple[Dataset, Callable[[], None]]:
+    """The journey's dataset, written in its folder (a converted layout: the tool's exports, and ``proc``'s convert
+    steps), and the check to call once ``proc`` ran."""
     rng = np.random.default_rng(zlib.crc32(journey.name.encode()))
-    work, kinds = steps.cwd, journey.kinds
+    work, kinds = proc.cwd, journey.kinds
     if journey.layout == "folder":
         class_list, lists = {RGB: ("class_names.txt", True), GREY: ("labelmap.txt", False),
                              TIFF: (None, True)}[kinds]
-        return write_folder(work / "ds", kinds, rng, class_list, lists)
+        return write_folder(work / "ds", kinds, rng, class_list, lists), lambda: None
     if journey.layout == "voc":
-        return write_voc(work / "ds", kinds, rng)
+        return write_voc(work / "ds", kinds, rng), lambda: None
     if journey.layout == "cityscapes":
-        return write_cityscapes(work / "ds", kinds, rng)
-    return converted(steps, journey, rng)
+        return write_cityscapes(work / "ds", kinds, rng), lambda: None
+    return converted(proc, journey, rng)
 
 
 @dataclass
@@ -225,12 +257,14 @@ class Outcome:
     journey: Journey
     work: Path
     data: Dataset
-    steps: Steps
+    steps: List[StepResult]
 
 
 def run_journey(journey: Journey, work: Path, guard: Path, resnet_state: Dict[str, Any]) -> Outcome:
-    steps = Steps(work)
-    data = dataset(steps, journey)
+    """The journey's commands in one fresh process (local weights: up to training; then the file is deleted and the
+    rest runs in a second fresh process, offline, with an empty TORCH_HOME)."""
+    proc = Process(work, f"journey {journey.name}")
+    data, check = dataset(proc, journey)
     root = data.root.relative_to(work)
     if journey.weights == "local":
         weights = work / "weights" / "r18.pth"
@@ -239,43 +273,49 @@ def run_journey(journey: Journey, work: Path, guard: Path, resnet_state: Dict[st
         model = ["model=unet", "model.encoder=resnet18", f"model.encoder_weights={weights.relative_to(work)}"]
     else:
         model = ["model=unet_small"]
-    steps.run("train", f"data={data.layout}", f"data.source.root={root}", *model, "trainer.max_epochs=1",
-              "logger=csv", "hydra.run.dir=run")
+    proc.script("train", f"data={data.layout}", f"data.source.root={root}", *model, "trainer.max_epochs=1",
+                "logger=csv", "hydra.run.dir=run")
+    done = []
     if journey.weights == "local":  # the file is gone and so is the network: nothing may need either
+        done += proc.run()
+        check()
         weights.unlink()
         (work / "empty-torch-home").mkdir()
-        steps.env = cli_env(guard, TORCH_HOME=str(work / "empty-torch-home"),
-                            JOURNEY_NETWORK_LOG=str(work / "network-attempts.log"))
+        proc = Process(work, f"journey {journey.name}, after the weights file was deleted: offline, empty TORCH_HOME",
+                       env=cli_env(guard, TORCH_HOME=str(work / "empty-torch-home"),
+                                   JOURNEY_NETWORK_LOG=str(work / "network-attempts.log")))
     ckpt = "ckpt_path=run/checkpoints/best.ckpt"
-    steps.run("evaluate", ckpt, "progress_bar=false")
-    steps.run("predict", ckpt, f"input={data.predict_dir.relative_to(work)}", "output=predictions",
-              "progress_bar=false")
-    steps.run("export", ckpt, "format=onnx", "output=model.onnx")
+    proc.script("evaluate", ckpt, "progress_bar=false")
+    proc.script("predict", ckpt, f"input={data.predict_dir.relative_to(work)}", "output=predictions",
+                "progress_bar=false")
+    proc.script("export", ckpt, "format=onnx", "output=model.onnx")
     if journey.weights == "local":
-        steps.run("export", ckpt, "format=pretrained", "output=pretrained")
-        dtype = json.loads((work / "model.json").read_text())["input"]["dtype"]
-        np.save(work / "probe.npy", probe_batch(data.probe, CHANNELS[journey.kinds[0]], dtype))
-        steps.run("-c", FROM_PRETRAINED, "pretrained", "probe.npy", "from_pretrained.npy")
-    return Outcome(journey, work, data, steps)
+        proc.script("export", ckpt, "format=pretrained", "output=pretrained")
+        proc.python(FROM_PRETRAINED, str(Path(__file__).parent), "pretrained", str(data.probe),
+                    str(CHANNELS[journey.kinds[0]]), "from_pretrained.npy", label="segkit.from_pretrained")
+    done += proc.run()
+    if journey.weights != "local":
+        check()
+    return Outcome(journey, work, data, done)
 
 
 def run_interrupted(work: Path, guard: Path, resnet_state: Dict[str, Any]) -> Dict[str, Any]:
-    """train.py killed (SIGKILL) once its first last.ckpt is written, then resumed with ckpt_path=last."""
-    steps = Steps(work)
+    """train.py (a process of its own) killed (SIGKILL) once its first last.ckpt is written, then resumed with
+    ckpt_path=last in a fresh process."""
     write_folder(work / "ds", ("rgb8",), np.random.default_rng(1), "class_names.txt", True, n_train=12, n_val=4)
     args = ["data=folder", "data.source.root=ds", "model=unet_small", "trainer.max_epochs=4", "logger=csv",
             "hydra.run.dir=run"]
-    proc = steps.start("train", *args)
+    job = start(work, "train", *args)
     last = work / "run/checkpoints/last.ckpt"
-    wait_for(last.is_file, proc, f"{last} (the run was too fast to interrupt: give it more epochs)")
-    kill(proc)
+    wait_for(last.is_file, job, f"{last} (the run was too fast to interrupt: give it more epochs)")
+    kill(job)
     killed = torch.load(last, map_location="cpu", weights_only=True)
     finished_before_kill = (work / "run/metrics.json").exists()
-    resumed = steps.run("train", *args, "ckpt_path=last")
+    resumed, = Process(work, "the killed run resumed").script("train", *args, "ckpt_path=last").run()
     final = torch.load(last, map_location="cpu", weights_only=True)
     return {"killed": {k: killed[k] for k in ("epoch", "global_step")}, "final": {k: final[k] for k in
-            ("epoch", "global_step")}, "finished_before_kill": finished_before_kill,
-            "log": resumed.stdout + resumed.stderr, "work": work}
+            ("epoch", "global_step")}, "finished_before_kill": finished_before_kill, "log": resumed.output,
+            "work": work}
 
 
 SWEEP_SEED = 8  # RandomSampler(seed=8) draws the 2nd, 1st, 1st choice; resumed (seed 8 + 3 trials) 2nd, 1st, 2nd
@@ -283,53 +323,57 @@ SWEEP_LRS = (0.003, 1.0e+20)  # lr=1e20: the training loss is NaN at the second 
 
 
 def run_sweep(work: Path, guard: Path, resnet_state: Dict[str, Any]) -> Dict[str, Any]:
-    """scripts/sweep.py over lr in {3e-3, 1e20}, killed while trial 2 runs, then the same command with
-    hydra.run.dir=<its sweep dir>."""
-    steps = Steps(work)
+    """scripts/sweep.py over lr in {3e-3, 1e20} (a process of its own), killed while trial 2 runs, then the same
+    command with hydra.run.dir=<its sweep dir> in a fresh process."""
     write_folder(work / "ds", ("rgb8",), np.random.default_rng(2), "class_names.txt", True, n_train=6, n_val=4)
     args = ["data=folder", "data.source.root=ds", "model=unet_small", "trainer.max_epochs=1", "logger=csv",
             f"seed={SWEEP_SEED}", "sweep.n_trials=3", "sweep.sampler=random",
             f"sweep.params={{task.optimizer.lr:{{type:categorical,choices:[{SWEEP_LRS[0]},{SWEEP_LRS[1]}]}}}}"]
-    proc = steps.start("sweep", *args)
-    wait_for(lambda: any(work.glob("sweeps/*/trial_002")), proc, "trial 2 of the sweep")
-    kill(proc)
+    job = start(work, "sweep", *args)
+    wait_for(lambda: any(work.glob("sweeps/*/trial_002")), job, "trial 2 of the sweep")
+    kill(job)
     sweep_dir, = [p for p in (work / "sweeps").iterdir() if p.is_dir()]
     before = {p.parent.name: p.read_text() for p in sweep_dir.glob("trial_*/metrics.json")}
-    resumed = steps.run("sweep", *args, f"hydra.run.dir={sweep_dir.relative_to(work)}")
-    return {"dir": sweep_dir, "before": before, "log": resumed.stdout + resumed.stderr,
-            "first_log": (work / "sweep.log").read_text()}
+    resumed, = Process(work, "the killed sweep resumed").script(
+        "sweep", *args, f"hydra.run.dir={sweep_dir.relative_to(work)}").run()
+    return {"dir": sweep_dir, "before": before, "log": resumed.output, "first_log": (work / "sweep.log").read_text()}
 
 
 def run_nan_validation(work: Path, guard: Path, resnet_state: Dict[str, Any]) -> Dict[str, Any]:
     """lr=1e6 on 6 images for one epoch: the training loss grows to ~1e16 (finite: BatchNorm rescales the huge
     weights) while the validation loss is already NaN."""
-    steps = Steps(work)
     write_folder(work / "ds", ("rgb8",), np.random.default_rng(2), "class_names.txt", True, n_train=6, n_val=4)
-    proc = steps.run("train", "data=folder", "data.source.root=ds", "model=unet_small", "trainer.max_epochs=1",
-                     "logger=csv", "hydra.run.dir=run", "seed=8", "task.optimizer.lr=1000000.0", check=False)
-    return {"proc": proc, "metrics.csv": (work / "run/csv/metrics.csv").read_text()
+    step, = Process(work, "a diverging run").script(
+        "train", "data=folder", "data.source.root=ds", "model=unet_small", "trainer.max_epochs=1", "logger=csv",
+        "hydra.run.dir=run", "seed=8", "task.optimizer.lr=1000000.0", check=False).run()
+    return {"step": step, "metrics.json": (work / "run/metrics.json").is_file(),
+            "metrics.csv": (work / "run/csv/metrics.csv").read_text()
             if (work / "run/csv/metrics.csv").is_file() else ""}
 
 
 def run_labelme_tiff(work: Path, guard: Path, resnet_state: Dict[str, Any]) -> Dict[str, Any]:
-    """A labelme JSON beside its 8-bit 4-band TIFF (bands as minisblack samples, as multispectral TIFFs are stored;
-    segkit reads it with tifffile, PIL cannot open it)."""
+    """Two labelme exports (train, val) of an 8-bit 4-band TIFF each (bands as minisblack samples, as multispectral
+    TIFFs are stored; segkit reads them with tifffile, PIL cannot open them), converted into one folder."""
     import tifffile
 
-    steps = Steps(work)
-    export = work / "labelme"
-    export.mkdir()
-    tifffile.imwrite(export / "field.tif", np.random.default_rng(0).integers(0, 256, (40, 48, 4), dtype=np.uint8),
-                     photometric="minisblack", planarconfig="contig")
-    (export / "field.json").write_text(json.dumps({
-        "version": "5.4.1", "flags": {}, "imagePath": "field.tif", "imageData": None, "imageHeight": 40,
-        "imageWidth": 48, "shapes": [{"label": "road", "shape_type": "polygon", "points": [[2, 2], [30, 4], [20, 30]],
-                                      "flags": {}}]}))
     (work / "labels.txt").write_text("\n".join(LABELME_LABELS) + "\n")
-    proc = steps.run("convert", "format=labelme", "input=labelme", "output=ds", "class_names=labels.txt", check=False)
-    return {"proc": proc, "read_by_segkit": probe_batch(export / "field.tif", 4).shape}
+    proc = Process(work, "labelme exports of 4-band TIFFs converted")
+    for split, name in (("train", "field"), ("val", "meadow")):
+        export = work / f"labelme-{split}"
+        export.mkdir()
+        pixels = np.random.default_rng(len(name)).integers(0, 256, (40, 48, 4), dtype=np.uint8)
+        tifffile.imwrite(export / f"{name}.tif", pixels, photometric="minisblack", planarconfig="contig")
+        (export / f"{name}.json").write_text(json.dumps({
+            "version": "5.4.1", "flags": {}, "imagePath": f"{name}.tif", "imageData": None, "imageHeight": 40,
+            "imageWidth": 48, "shapes": [{"label": "road", "shape_type": "polygon",
+                                          "points": [[2, 2], [30, 4], [20, 30]], "flags": {}}]}))
+        proc.script("convert", "format=labelme", f"input={export.name}", "output=ds", f"split={split}",
+                    *(["class_names=labels.txt"] if split == "train" else []), check=False)
+    return {"steps": proc.run(), "read_by_segkit": probe_batch(work / "labelme-train/field.tif", 4).shape,
+            "work": work}
 
 
+LONGEST = (run_sweep, run_interrupted)  # two processes each, several epochs: started first
 BACKGROUND = {"test_a_killed_training_run_resumes_to_max_epochs": run_interrupted,
               "test_a_sweep_goes_on_past_a_diverging_trial_and_resumes": run_sweep,
               "test_a_run_whose_validation_loss_is_nan_fails_under_nan_policy_raise": run_nan_validation,
@@ -351,9 +395,10 @@ def launched(request, tmp_path_factory, guard) -> Dict[str, Future]:
             wanted.add(params.params["journey"].name if params and "journey" in params.params else item.originalname)
     state = torchvision.models.resnet18(weights=None).state_dict()
     state[RESNET_WEIGHTS_MARK].fill_(0.5)
-    jobs = [(j.name, run_journey, j) for j in MATRIX if j.weights == "local" and j.name in wanted]
-    jobs += [(name, fn, None) for name, fn in BACKGROUND.items() if name in wanted]
+    jobs = [(name, fn, None) for name, fn in BACKGROUND.items() if name in wanted and fn in LONGEST]
+    jobs += [(j.name, run_journey, j) for j in MATRIX if j.weights == "local" and j.name in wanted]
     jobs += [(j.name, run_journey, j) for j in MATRIX if j.weights != "local" and j.name in wanted]
+    jobs += [(name, fn, None) for name, fn in BACKGROUND.items() if name in wanted and fn not in LONGEST]
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="journey")
     futures = {}
     for name, fn, journey in jobs:
@@ -391,22 +436,21 @@ def test_the_network_guard_blocks_connections(guard, tmp_path):
     guard, fails with the guard's error (and is logged) with it."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
-    steps = Steps(tmp_path)
     try:
-        plain = steps.run("-c", f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=10); "
-                          "print('connected')")
+        plain = run_python(tmp_path, f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=10); "
+                           "print('connected')")
         assert "connected" in plain.stdout
         log = tmp_path / "attempts.log"
-        blocked = steps.run("-c", f"import urllib.request\ntry:\n    urllib.request.urlopen('http://127.0.0.1:{port}/',"
-                            " timeout=10)\nexcept OSError as exc:\n    print('failed:', exc)\nelse:\n    print('got "
-                            "through')", env=cli_env(guard, JOURNEY_NETWORK_LOG=str(log)))
+        blocked = run_python(tmp_path, f"import urllib.request\ntry:\n    urllib.request.urlopen('http://127.0.0.1:"
+                             f"{port}/', timeout=10)\nexcept OSError as exc:\n    print('failed:', exc)\nelse:\n"
+                             "    print('got through')", env=cli_env(guard, JOURNEY_NETWORK_LOG=str(log)))
     finally:
         server.close()
     assert f"failed: <urlopen error {NETWORK_BLOCKED}>" in blocked.stdout, blocked.stdout + blocked.stderr
     assert f"'127.0.0.1', {port}" in log.read_text()
 
 
-# Not marked slow: a quick pass (-m "not slow", ~2 minutes) still runs a converted layout with both conversions and
+# Not marked slow: a quick pass (-m "not slow", ~1 minute) still runs a converted layout with both conversions and
 # renames, local weights with the file deleted and the network blocked, and a mixed 8/16-bit dataset from scratch.
 QUICK = ("folder-rgb", "labelme-tiff")
 
@@ -424,7 +468,7 @@ def test_journey(journey, launched):
     task, cfg = load_task_from_checkpoint(str(work / "run/checkpoints/best.ckpt"))
     spec, channels = task.spec, CHANNELS[journey.kinds[0]]
     assert (spec.class_names, spec.num_classes) == (data.class_names, len(data.class_names))
-    assert spec.in_channels == channels and spec.image_dtype == (image_dtype(journey) or spec.image_dtype)
+    assert spec.in_channels == channels and spec.image_dtype == image_dtype(journey)
     if data.palette:
         assert spec.palette == data.palette
     if journey.weights == "local":  # trained from the file (its mark survived a few small steps), then deleted
@@ -465,7 +509,7 @@ def test_journey(journey, launched):
     with torch.no_grad():
         logits = task(torch.from_numpy(probe)).numpy()
     close(session.run(None, {session.get_inputs()[0].name: probe})[0], logits, "ONNX in onnxruntime")
-    if journey.weights == "local":  # segkit.from_pretrained in a fresh, offline process
+    if journey.weights == "local":  # segkit.from_pretrained in the second, offline process
         close(np.load(work / "from_pretrained.npy"), logits, "segkit.from_pretrained")
     _drop_artefacts(work)
 
@@ -515,15 +559,11 @@ def test_a_sweep_goes_on_past_a_diverging_trial_and_resumes(background):
     _drop_artefacts(sweep_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="segkit bug: SegmentationDataModule._float_images (segkit/data/datamodule.py) "
-                   "looks at the first training image only, so a dataset mixing 8- and 16-bit files, trained on float "
-                   "batches, gets spec.image_dtype=uint8 when an 8-bit file sorts first: export.py input_dtype=auto "
-                   "then writes a uint8 model and 16-bit images lose their low 8 bits")
 def test_a_mixed_bit_depth_model_exports_float_input(launched):
-    """Training batches of a dataset mixing 8- and 16-bit files are float (0-1): the exported model should take
-    float32, whichever file sorts first. Checked on the mixed journeys that ran."""
-    mixed = [j for j in MATRIX if image_dtype(j) is None and j.name in launched
-             and launched[j.name].exception() is None]
+    """Training batches of a dataset mixing 8- and 16-bit files are float (0-1): the exported model takes float32,
+    whichever file sorts first (the first training image once was the only one looked at). Checked on the mixed
+    journeys that ran."""
+    mixed = [j for j in MATRIX if mixed_depths(j) and j.name in launched and launched[j.name].exception() is None]
     if not mixed:
         pytest.skip("no journey with mixed bit depths selected")
     dtypes = {j.name: json.loads((launched[j.name].result().work / "model.json").read_text())["input"]["dtype"]
@@ -531,21 +571,27 @@ def test_a_mixed_bit_depth_model_exports_float_input(launched):
     assert set(dtypes.values()) == {"float32"}, dtypes
 
 
-@pytest.mark.xfail(strict=True, reason="segkit gap: task.nan_policy=raise checks the training loss only "
-                   "(SegmentationTask.training_step, segkit/tasks/segmentation.py); a run whose validation loss is NaN "
-                   "(lr=1e6: training loss ~1e16, still finite) exits 0 with a finite mIoU, and a sweep stores such a "
-                   "trial as COMPLETE (a sweep over lr in {3e-3, 1e6} on 6 images made it its best trial)")
 def test_a_run_whose_validation_loss_is_nan_fails_under_nan_policy_raise(background):
-    proc = background["proc"]  # run_nan_validation's
-    assert "non-finite training loss" not in proc.stderr, "the premise changed: the training loss itself diverged"
-    assert proc.returncode != 0 and "FloatingPointError" in proc.stderr, \
-        f"exit {proc.returncode}; the run's metrics.csv:\n{background['metrics.csv']}"
+    """lr=1e6: the training loss stays finite, the validation loss is NaN; under task.nan_policy=raise (the default)
+    the run fails with a FloatingPointError instead of passing as trained (and a sweep storing it as COMPLETE)."""
+    step = background["step"]  # run_nan_validation's
+    assert "non-finite training loss" not in step.output, "the premise changed: the training loss itself diverged"
+    assert step.exit not in (0, None) and "FloatingPointError" in step.output, \
+        f"exit {step.exit}; the run's metrics.csv:\n{background['metrics.csv']}\n{step.output[-3000:]}"
+    assert not background["metrics.json"], "a failed run wrote metrics.json"
 
 
-@pytest.mark.xfail(strict=True, reason="segkit bug: convert.py format=labelme opens every image with PIL "
-                   "(_labelme_image in segkit/data/convert.py, even when imageHeight/imageWidth are given), which "
-                   "cannot identify a 4-band minisblack TIFF that segkit's reader (tifffile) reads: a raw "
-                   "PIL.UnidentifiedImageError traceback instead of a conversion (or a DataError)")
 def test_labelme_converts_a_multiband_tiff_that_segkit_reads(background):
+    """convert.py format=labelme converts 4-band TIFFs that PIL cannot open (segkit's reader sizes them): the
+    images as they were, masks of their size, the two splits listed."""
     assert background["read_by_segkit"] == (1, 4, 64, 64)  # run_labelme_tiff's
-    assert background["proc"].returncode == 0, background["proc"].stderr[-3000:]
+    ds = background["work"] / "ds"
+    for step in background["steps"]:
+        assert step.exit == 0, f"{step.command}\n{step.output[-3000:]}"
+    for split, name in (("train", "field"), ("val", "meadow")):
+        assert (ds / "splits" / f"{split}.txt").read_text().split() == [name]
+        image = ds / "images" / f"{name}.tif"
+        assert image.read_bytes() == (background["work"] / f"labelme-{split}" / f"{name}.tif").read_bytes()
+        mask = np.asarray(Image.open(ds / "masks" / f"{name}.png"))
+        assert image_size(image) == mask.shape == (40, 48)
+        assert set(np.unique(mask)) == {0, 1}, np.unique(mask)  # background and the road polygon
