@@ -76,7 +76,9 @@ def write_voc(root: Path, images, masks, names=("background", "cat", "dog", "bir
         png = Image.fromarray(mask, mode="P")
         png.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
         png.save(root / "SegmentationClass" / f"{name}.png")
-    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:-3]) + "\n")
+    bom_text = "\ufeff" if bom else ""  # a list saved by Windows Notepad: a byte-order mark, CRLF line ends
+    (root / "ImageSets/Segmentation/train.txt").write_text(bom_text + "\r\n".join(ids[:-3]) + "\r\n",
+                                                           encoding="utf-8")
     (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids[-3:]) + "\n")
     (root / "class_names.txt").write_text(("\ufeff" if bom else "") + "\r\n".join(names) + "\r\n", encoding="utf-8")
     return root
