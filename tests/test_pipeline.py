@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from sklearn.metrics import confusion_matrix
 
-from conftest import CONFIG_DIR, TINY_DATA, compose_cfg
+from conftest import CONFIG_DIR, TINY_DATA, compose_cfg, fill_planned
 from segkit.pipeline import _instantiate_group, evaluate, predict, train
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONFIG_DIR) / g).glob("*.yaml"))
@@ -28,15 +28,17 @@ def test_every_config_option_composes_and_instantiates(group, option, tmp_path, 
     extra = SMALL_MODEL.get(option, []) if group == "model" else []
     if group == "experiment":  # presets: compose, then build their data module and (randomly initialised) model
         cfg = compose_cfg("train", [f"experiment={option}", "model.encoder_weights=null"], tmp_path)
+        fill_planned(cfg, instantiate(cfg.data.source))  # what the preset leaves to the data (train() plans it)
         dm = instantiate(cfg.data)
         net = instantiate(cfg.model).eval()
         with torch.no_grad():
             assert net(torch.randn(1, 3, 64, 64)).shape == (1, dm.num_classes, 64, 64)
         return
     if group == "data" and option == "folder":
-        extra = ["data.source.root=/nonexistent", "data.num_classes=3", "data.in_channels=3", "data.mean=null",
-                 "data.std=null", "data.crop_size=64", "data.batch_size=2"]  # `auto` is resolved by train()
+        extra = ["data.source.root=/nonexistent"]
     cfg = compose_cfg("train", [f"{group}={option}", *extra], tmp_path)
+    # layouts and data/augment=auto: `auto` values as train() would plan them (labels from the layout's source)
+    fill_planned(cfg, instantiate(cfg.data.source) if "root" in cfg.data.source else None)
     if group.startswith("task/"):
         if str(cfg.task.loss.get("weights", {}).get("dice")) == "auto":  # task/loss=auto: train() plans it
             cfg.task.loss.weights.dice = 1.0
@@ -175,6 +177,7 @@ def test_voc_layout(tmp_path):
     (root / "ImageSets/Segmentation/train.txt").write_text("2007_000001\n")
     (root / "ImageSets/Segmentation/val.txt").write_text("2007_000002\n")
     cfg = compose_cfg("train", ["data=voc", f"data.source.root={root}", "data.crop_size=16"], tmp_path)
+    fill_planned(cfg, instantiate(cfg.data.source), num_classes=21, crop_size=16)
     dm = instantiate(cfg.data)
     item = dm.dataset("val")[0]
     assert item["image"].shape == (3, 20, 30) and item["image"].dtype == torch.uint8
@@ -196,6 +199,7 @@ def test_cityscapes_layout(tmp_path):
     label_ids = np.array([[7, 8, 11, 26, 33, 0, 1, 4] * 2] * 8, np.uint8)
     Image.fromarray(label_ids).save(gt_dir / "aachen_000000_000019_gtFine_labelIds.png")
     cfg = compose_cfg("train", ["data=cityscapes", f"data.source.root={root}"], tmp_path)
+    fill_planned(cfg, instantiate(cfg.data.source))  # the layout's 19 classes and colours
     dm = instantiate(cfg.data)
     mask = dm.dataset("val")[0]["mask"]
     assert mask[0, :8].tolist() == [0, 1, 2, 13, 18, 255, 255, 255]

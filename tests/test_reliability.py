@@ -250,12 +250,14 @@ def test_scale_crop_config_pads_masks_with_ignore_index(tmp_path):
     ignore_index, which the loss and metric then skip."""
     from hydra.utils import instantiate
 
-    from conftest import compose_cfg
+    from conftest import compose_cfg, fill_planned
 
     src = _folder(tmp_path / "d", n=2, size=(6, 8))
     cfg = compose_cfg("train", ["data=folder", f"data.source.root={src.root}", "data.num_classes=3",
                                 "data.crop_size=32", "data.ignore_index=7", "data.in_channels=3",
-                                "data.mean=null", "data.std=null", "data.batch_size=2"], tmp_path)
+                                "data.mean=null", "data.std=null", "data.batch_size=2", "data/augment=scale_crop"],
+                      tmp_path)
+    fill_planned(cfg, src)  # data.class_names=auto: the root has no class list
     dm = instantiate(cfg.data)
     for i in range(2):
         mask = dm.dataset("train", train=True)[(i, 1234 + i)]["mask"]
