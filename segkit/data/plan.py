@@ -395,12 +395,8 @@ def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
         put("data.num_classes", found, f"the largest class id in the training masks is {found - 1} "
             f"(ignore_index={cfg.data.get('ignore_index')} aside); set data.num_classes if a class is missing "
             "from the training split, or add a class_names.txt to the dataset")
-    num_classes = cfg.data.get("num_classes") if "data" in cfg else None
-    num_classes = 0 if num_classes is None or _is_auto(num_classes) else int(num_classes)
-    class_pixels = (stats.class_pixels + [0] * num_classes)[:num_classes] if num_classes else stats.class_pixels
-    total = sum(class_pixels)
-    freq = [c / total if total else 0.0 for c in class_pixels]
-    rare = [i for i, f in enumerate(freq) if f < RARE_CLASS_FREQUENCY]
+    freq = stats.class_frequency  # one entry per class: measure() counted num_classes, or up to the largest id
+    rare = stats.rare_classes()
     names = list(cfg.data.get("class_names") or []) if "data" in cfg else []
 
     def name(i: int) -> str:
@@ -427,6 +423,8 @@ def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
     # a recipe the user picked (data/augment=scale_crop) crops to data.crop_size: whole images only when planned
     whole = "data.train_transform.transforms" in pending or not (cfg.data.get("train_transform") or {}).get(
         "transforms") if "data" in cfg else True
+    crop = cfg.data.get("crop_size") if "data" in cfg else None
+    crop = int(crop) if crop and not _is_auto(crop) else None
     if "data.crop_size" in pending:
         crop = crop_size_for(stats, whole_images=whole)
         put("data.crop_size", crop,
@@ -434,8 +432,6 @@ def resolve_auto(cfg: DictConfig, stats: DatasetStats) -> List[str]:
             " whole images, padded per batch" if crop is None else
             f"the median training image is {w}x{h} and the largest {max(stats.widths)}x{max(stats.heights)} "
             f"(crops of the median's longer side, rounded up to 32, at most {MAX_CROP})")
-    crop = cfg.data.get("crop_size") if "data" in cfg else None
-    crop = crop_size_for(stats, whole_images=whole) if _is_auto(crop) else (int(crop) if crop else None)
     if "data.batch_size" in pending:
         size = batch_size_for(crop, stats.num_images, stats)
         what = f"{crop}x{crop} crops" if crop else \
