@@ -277,3 +277,23 @@ def test_a_dataset_mixing_8_and_16_bit_files_is_float_whichever_sorts_first(tmp_
         if cache:
             dm.dataset("train").preload()
         assert dm.spec.image_dtype == "float32", (first, cache)
+
+
+@pytest.mark.parametrize("model, lr", [(["model=unet_small"], 3e-3),
+                                       (["model=unet", "model.encoder=resnet18"], 1e-3)])
+def test_the_default_learning_rate_follows_the_network_size(tmp_path, model, lr):
+    """task.optimizer.lr=auto (the default) is resolved when the optimizer is built: 3e-3 under 2M trainable
+    parameters, 1e-3 from there (counted here, independently); a value the user sets wins."""
+    cfg = compose_cfg("train", [*model, "data.num_classes=3", "task/loss=ce"], tmp_path)
+    assert cfg.task.optimizer.lr == "auto"
+    net = instantiate(cfg.model)
+    assert (sum(p.numel() for p in net.parameters()) < 2_000_000) == (lr == 3e-3)
+
+    def built_lr(task_cfg):
+        task = instantiate(task_cfg, net=net, spec=3)
+        task.scheduler_factory = None  # the schedule needs a trainer; the rate is the optimizer's
+        return task.configure_optimizers().param_groups[0]["lr"]
+
+    assert built_lr(cfg.task) == lr
+    cfg.task.optimizer.lr = 0.02
+    assert built_lr(cfg.task) == 0.02
