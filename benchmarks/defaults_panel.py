@@ -42,14 +42,10 @@ TIME_BAR = 1.1
 def dataset_root(name: str, root: Path) -> Path:
     if Path(name).is_dir():
         return Path(name).resolve()
-    if name == "synthetic_hard" and not (root / name / "classes.json").is_file():
+    if name == "synthetic_hard":  # generated once into root/synthetic_hard/<its name>/, folder layout + classes.json
         from segkit.data.synthetic_hard import HardSyntheticSource
 
-        HardSyntheticSource(str(root / name))  # generated once, in the folder layout, with classes.json
-        cached = [p for p in (root / name).iterdir() if (p / "classes.json").is_file()]
-        return cached[0].resolve() if cached else (root / name).resolve()
-    if name == "synthetic_hard":
-        return (root / name).resolve()
+        return HardSyntheticSource(str(root / name)).root.resolve()
     return (root / name).resolve()
 
 

@@ -102,10 +102,15 @@ def export_torchscript(task: Any, path: str | Path, example_size: int = 128, inp
 
 
 def write_sidecar(path: str | Path, class_names: Sequence[str], palette: Optional[Sequence[Sequence[int]]],
-                  input_info: Dict[str, Any]) -> Path:
+                  input_info: Dict[str, Any], postprocessing: Sequence[Dict[str, Any]] = ()) -> Path:
     meta = {"class_names": list(class_names),
             "palette": [list(map(int, c)) for c in (palette or default_palette(len(class_names)))],
             "input": input_info, "output": "logits (N, num_classes, H, W); argmax over dim 1 gives class indices"}
+    if postprocessing:  # not in the graph: connected components are applied to its argmax (segkit.postprocess)
+        meta["postprocessing"] = {"rules": list(postprocessing), "how": (
+            "after the argmax, per class in order: keep: largest keeps only the largest 8-connected component of the "
+            "class; keep: min_size drops its components under min_size pixels; a dropped pixel takes the class with "
+            "the next highest logit (segkit.postprocess.apply_rules)")}
     Path(path).write_text(json.dumps(meta, indent=2) + "\n")
     return Path(path)
 

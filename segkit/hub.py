@@ -38,9 +38,10 @@ class PretrainedSegmenter(nn.Module):
     palette and ``ignore_index``; ``predict(images)`` gives class indices.
     """
 
-    def __init__(self, net: nn.Module, spec: DataSpec) -> None:
+    def __init__(self, net: nn.Module, spec: DataSpec, postprocessing: Optional[List[Dict[str, Any]]] = None) -> None:
         super().__init__()
         self.net, self.spec = net, spec
+        self.postprocessing = list(postprocessing or [])
         mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -62,8 +63,11 @@ class PretrainedSegmenter(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Class indices ``(N, H, W)``."""
-        return self(images).argmax(dim=1)
+        """Class indices ``(N, H, W)``: the argmax of the logits, then the model's connected-component
+        :attr:`postprocessing` rules (chosen on cross-validation predictions; empty for most models)."""
+        from segkit.postprocess import apply_to_logits
+
+        return apply_to_logits(self(images), self.postprocessing)
 
 
 def spec_from_checkpoint(segkit_meta: Dict[str, Any]) -> DataSpec:
@@ -185,26 +189,31 @@ def model_card(config: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_pretrained(ckpt_path: str | Path, folder: str | Path, allowed: Iterable[str] = ()) -> Path:
-    """Write ``folder/{model.safetensors, config.json, README.md}`` from a segkit training checkpoint."""
+def save_pretrained(ckpt_path: Any, folder: str | Path, allowed: Iterable[str] = (),
+                    postprocessing: Any = "auto") -> Path:
+    """Write ``folder/{model.safetensors, config.json, README.md}`` from a segkit training checkpoint, or from
+    several (a list, a run or cross-validation directory: :func:`segkit.ensemble.load_task`), which become one
+    ensemble model; its postprocessing rules (``postprocessing``: auto, none or a file) travel in config.json."""
     from segkit.config import load_checkpoint
+    from segkit.ensemble import load_task, resolve_checkpoints
     from segkit.export import save_safetensors
-    from segkit.pipeline import load_task_from_checkpoint
 
-    ckpt_path = Path(ckpt_path)
-    meta = load_checkpoint(ckpt_path, mmap=True)["segkit"]  # the tensors are read once, by the next line
-    task, run_cfg = load_task_from_checkpoint(str(ckpt_path), allowed)
-    spec = spec_from_checkpoint(meta)
-    run_dir = ckpt_path.resolve().parent.parent
+    paths, _ = resolve_checkpoints(ckpt_path)
+    meta = load_checkpoint(paths[0], mmap=True)["segkit"]  # the tensors are read once, by the next line
+    task, run_cfg, cv_dir = load_task(ckpt_path, allowed, postprocessing)
+    ensemble = getattr(task, "members", None)
+    spec = task.spec if ensemble else spec_from_checkpoint(meta)
+    run_dir = cv_dir if cv_dir is not None else paths[0].resolve().parent.parent
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data_cfg = meta["config"].get("data") or {}
+    data_cfg = (OmegaConf.to_container(run_cfg.data, resolve=False) if ensemble and run_cfg.get("data") is not None
+                else meta["config"].get("data") or {})
     # what goes public holds no absolute local path (checkpoint, data root, cache dir, encoder weights file, output
     # dirs): each becomes `<local path>/<name>`; from_pretrained needs none of them
     config = {"format": "segkit-pretrained", "format_version": FORMAT_VERSION, "name": folder.name,
               "model": strip_local_paths(task.run_config["model"]),  # older configs brought up to date
-              "spec": spec.to_dict(),
-              "training": strip_local_paths({"checkpoint": str(ckpt_path),
+              "spec": spec.to_dict(), "postprocessing": list(task.postprocessing),
+              "training": strip_local_paths({"checkpoint": [str(p) for p in paths] if ensemble else str(paths[0]),
                                              "metrics": _read_json(run_dir / "metrics.json"),
                                              "command": _training_command(run_dir), "data": data_cfg,
                                              "size_divisor": getattr(task.net, "size_divisor", None)})}
@@ -304,7 +313,10 @@ def from_pretrained(folder: str | Path, allowed: Iterable[str] = (), map_locatio
     # the weights come from model.safetensors: no training-time encoder weights file is read, nothing is downloaded
     net = instantiate(without_pretrained_weights(model_cfg))
     load_weights_or_explain(net, load_file(str(weights_path)), str(weights_path), f"in {config_path}")
-    return PretrainedSegmenter(net, spec).to(map_location).eval()
+    from segkit.postprocess import check_rules
+
+    rules = check_rules(config.get("postprocessing"), spec.num_classes, str(config_path))
+    return PretrainedSegmenter(net, spec, rules).to(map_location).eval()
 
 
 __all__ = ["PretrainedSegmenter", "from_pretrained", "model_card", "push_to_hub", "save_pretrained",

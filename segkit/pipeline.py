@@ -199,6 +199,7 @@ def load_task_from_checkpoint(ckpt_path: str, allowed=()) -> tuple[Any, DictConf
     task.run_config = to_plain(cfg)
     load_weights_or_explain(task, ckpt["state_dict"], str(ckpt_path),
                             f"that its stored config builds ({cfg.model.get('_target_')})")
+    task.checkpoint_path = str(ckpt_path)
     return task.eval(), cfg
 
 
@@ -252,9 +253,11 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     from segkit.analysis.plots import confusion_matrix_image
     from segkit.metrics import format_table
 
+    from segkit.ensemble import load_task
+
     allowed = cfg.get("allowed_targets") or ()
     check_targets(cfg, allowed)
-    task, ckpt_cfg = load_task_from_checkpoint(cfg.ckpt_path, allowed)
+    task, ckpt_cfg, cv_dir = load_task(cfg.ckpt_path, allowed, cfg.get("postprocessing"))
     if cfg.get("seed") is None:  # the same seeded splits as training
         with open_dict(cfg):
             cfg.seed = ckpt_cfg.get("seed", 0)
@@ -264,18 +267,26 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     datamodule = instantiate(data_cfg)
     check_data_matches(task, datamodule)
     split = datamodule.split
-    run_dir = Path(cfg.ckpt_path).resolve().parent.parent
-    output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir / f"eval-{split}"
+    output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else default_eval_dir(task, cv_dir, split)
     ensure_writable(output_dir)
     task.inference = _inference_options(cfg)
     report_images = int(cfg.get("report_images", 8))
     task.per_image = [] if report_images > 0 else None
+    if cfg.get("save_probabilities"):  # each image's class probabilities, float16 (K, H, W): probabilities/NAME.npy
+        task.save_probabilities = output_dir / "probabilities"
     trainer = inference_trainer(cfg)
     datamodule.trainer = trainer  # data.num_workers=auto follows the device, as in training
     start = time.perf_counter()
     trainer.validate(task, dataloaders=datamodule.eval_dataloader(split), verbose=False)
     seconds = time.perf_counter() - start
     summary = {**task.last_metrics, "split": split}
+    if getattr(task, "members", None):
+        summary["ensemble_of"] = list(task.members)
+    if task.postprocessing:
+        from segkit.postprocess import describe
+
+        summary["postprocessing"] = task.postprocessing
+        print(f"postprocessing: {describe(task.postprocessing)}")
     write_json_atomic(output_dir / "metrics.json", summary)
     cm = task.last_confusion.numpy()
     np.savetxt(output_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",")
@@ -286,6 +297,17 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     print(f"{summary['num_images']} images ({split}) in {seconds:.1f} s, inference={task.inference.get('mode')}; "
           f"results in {output_dir} (report.html)")
     return summary
+
+
+def default_eval_dir(task: Any, cv_dir: Optional[Path], split: str) -> Path:
+    """``<run dir>/eval-<split>`` for one checkpoint; ``<cv dir>/eval-ensemble-<split>`` for a cross-validation's
+    folds; beside the first member's run, ``eval-ensemble<N>-<split>``, for any other ensemble."""
+    members = getattr(task, "members", None)
+    if cv_dir is not None:
+        return cv_dir / f"eval-ensemble-{split}"
+    if members:
+        return Path(members[0]).resolve().parent.parent / f"eval-ensemble{len(members)}-{split}"
+    return Path(task.checkpoint_path).resolve().parent.parent / f"eval-{split}"
 
 
 def write_evaluation_report(output_dir: Path, summary: Dict[str, Any], confusion: Any, task: Any, trainer: L.Trainer,
@@ -302,7 +324,7 @@ def write_evaluation_report(output_dir: Path, summary: Dict[str, Any], confusion
         image, truth = dataset.load(index[item["name"]])
         x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None].to(task.device)
         with torch.inference_mode(), trainer.strategy.precision_plugin.forward_context():
-            item.update(image=image, truth=truth, pred=task.infer(x).argmax(1)[0].cpu().numpy())
+            item.update(image=image, truth=truth, pred=task.predictions(task.infer(x))[0].cpu().numpy())
     return write_report(output_dir, summary, confusion, task.class_names, task.spec.palette, worst, task.ignore_index)
 
 
@@ -337,9 +359,11 @@ def predict(cfg: DictConfig) -> List[Path]:
     from segkit.callbacks import MaskWriter
     from segkit.data.dataset import ImageFolder
 
+    from segkit.ensemble import load_task
+
     allowed = cfg.get("allowed_targets") or ()
     check_targets(cfg, allowed)
-    task, _ = load_task_from_checkpoint(cfg.ckpt_path, allowed)
+    task, _, _ = load_task(cfg.ckpt_path, allowed, cfg.get("postprocessing"))
     images = ImageFolder(cfg.input, channels=task.spec.in_channels)
     output = Path(cfg.output)
     ensure_writable(output)

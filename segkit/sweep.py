@@ -130,15 +130,15 @@ def _device_count(devices: Any, accelerator: Any) -> int:
     return len(devices)
 
 
-def check_single_process(cfg: DictConfig) -> None:
-    """Trials run one after another in this process. Several devices would start one process per device, each
-    running its own study loop against the same study: refuse that, naming the keys."""
+def check_single_process(cfg: DictConfig, what: str = "scripts/sweep.py runs its trials") -> None:
+    """Trials (folds) run one after another in this process. Several devices would start one process per device,
+    each running its own loop over them: refuse that, naming the keys."""
     t = cfg.get("trainer") or {}
     devices, strategy = t.get("devices", 1), str(t.get("strategy", "auto"))
     nodes = int(t.get("num_nodes", 1) or 1)
     if _device_count(devices, t.get("accelerator", "auto")) > 1 or nodes > 1 or "ddp" in strategy \
             or "fsdp" in strategy:
-        raise ValueError(f"scripts/sweep.py runs its trials one after another on one device, but the train config "
+        raise ValueError(f"{what} one after another on one device, but the train config "
                          f"asks for trainer.devices={devices}, trainer.num_nodes={nodes}, trainer.strategy={strategy}:"
                          " set trainer.devices=1 trainer.num_nodes=1 trainer.strategy=auto")
 

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from segkit.data.dataset import SegmentationDataset, channel_stats, pad_collate
-from segkit.data.sampling import SeededSampler, ShardSampler, repeat_factors
+from segkit.data.sampling import SeededSampler, ShardSampler, class_presence, repeat_factors
 from segkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
 
 
@@ -185,10 +185,7 @@ class SegmentationDataModule(L.LightningDataModule):
     def _sample_weights(self, dataset: SegmentationDataset) -> np.ndarray:
         """Repeat factors of the training images (computed once; the masks are read, or taken from the cache)."""
         if getattr(self, "_repeat_factors", None) is None or len(self._repeat_factors) != len(dataset):
-            presence = np.zeros((len(dataset), self.num_classes), dtype=bool)
-            for i in range(len(dataset)):
-                present = np.unique(dataset.load_mask(i))
-                presence[i, present[(present >= 0) & (present < self.num_classes)]] = True  # not ignore_index
+            presence = class_presence(dataset, self.num_classes)
             factors = repeat_factors(presence, self.repeat_threshold)
             rare = [self.class_names[c] if self.class_names else str(c)
                     for c in np.flatnonzero(presence.mean(0) < self.repeat_threshold) if presence[:, c].any()]

@@ -127,14 +127,16 @@ def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def pad_collate(batch: List[Dict[str, Any]], ignore_index: int = 255) -> Dict[str, Any]:
     """Stack a batch, padding images with 0 and masks with ``ignore_index`` (bottom/right) to a common size, so
-    padded pixels count neither in the loss nor in the metrics (:func:`stack_images`)."""
+    padded pixels count neither in the loss nor in the metrics (:func:`stack_images`); ``size`` holds each image's
+    own ``(H, W)``."""
     images = stack_images([item["image"] for item in batch])
     h, w = images.shape[-2:]
     masks = torch.full((len(batch), h, w), ignore_index, dtype=batch[0]["mask"].dtype)
     for i, item in enumerate(batch):
         ih, iw = item["mask"].shape[-2:]
         masks[i, :ih, :iw] = item["mask"]
-    return {"image": images, "mask": masks, "name": [item["name"] for item in batch]}
+    return {"image": images, "mask": masks, "name": [item["name"] for item in batch],
+            "size": [tuple(item["mask"].shape[-2:]) for item in batch]}
 
 
 def channel_stats(dataset: SegmentationDataset, max_images: int = 256) -> tuple[list[float], list[float]]:

@@ -8,7 +8,7 @@ read when iterating, so a sampler built before the process group exists still sh
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -47,6 +47,16 @@ class _RankAware(DistributedSampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+
+def class_presence(dataset: Any, num_classes: int) -> np.ndarray:
+    """``presence[i, c]``: training image ``i`` of ``dataset`` (a :class:`~segkit.data.dataset.SegmentationDataset`)
+    holds class ``c`` (its masks are read, or taken from its cache; ``ignore_index`` is no class)."""
+    presence = np.zeros((len(dataset), num_classes), dtype=bool)
+    for i in range(len(dataset)):
+        present = np.unique(dataset.load_mask(i))
+        presence[i, present[(present >= 0) & (present < num_classes)]] = True
+    return presence
 
 
 def repeat_factors(presence: np.ndarray, threshold: float = 0.1) -> np.ndarray:

@@ -76,6 +76,10 @@ class SegmentationTask(L.LightningModule):
         self.last_metrics: Dict[str, Any] = {}
         self.last_confusion: Optional[torch.Tensor] = None  # (K, K) int64 on CPU, rows = ground truth
         self.per_image: Optional[List[Dict[str, Any]]] = None  # [] to collect {"name", "miou"} per evaluated image
+        # connected-component rules (segkit.postprocess) applied to the predictions of evaluation and predict steps
+        self.postprocessing: List[Dict[str, Any]] = []
+        # a folder: evaluation steps write each image's class probabilities there (NAME.npy, float16, (K, H, W))
+        self.save_probabilities: Optional[Path] = None
         self.channels_last = False  # set by segkit.callbacks.DeviceSpeedups on CUDA
         self._eval_images = 0
 
@@ -157,18 +161,37 @@ class SegmentationTask(L.LightningModule):
                 f"non-finite {stage} loss ({loss.item()}) at step {self.global_step} (images "
                 f"{list(batch['name'])[:4]}): training has diverged. Lower task.optimizer.lr or check the data.")
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
-        preds = logits.argmax(dim=1)
+        preds = self.predictions(logits, batch.get("size"))
+        if self.save_probabilities is not None:
+            self._write_probabilities(logits, batch)
         metrics.update(preds, target)
         self._eval_images += len(batch["image"])
         if self.per_image is not None:
             self.per_image += [{"name": name, "miou": image_miou(p, t, self.num_classes, self.ignore_index)}
                                for name, p, t in zip(batch["name"], preds, target)]
 
+    def predictions(self, logits: torch.Tensor, sizes: Optional[List[Any]] = None) -> torch.Tensor:
+        """Class indices from logits: the argmax, then the :attr:`postprocessing` rules (each image within its own
+        ``sizes`` in a padded batch)."""
+        if not self.postprocessing:
+            return logits.argmax(dim=1)
+        from segkit.postprocess import apply_to_logits
+
+        return apply_to_logits(logits, self.postprocessing, sizes)
+
+    def _write_probabilities(self, logits: torch.Tensor, batch: Dict[str, Any]) -> None:
+        self.save_probabilities.mkdir(parents=True, exist_ok=True)
+        sizes = batch.get("size") or [tuple(logits.shape[-2:])] * len(logits)
+        probabilities = logits.float().softmax(dim=1).to(torch.float16).cpu().numpy()
+        for name, p, (h, w) in zip(batch["name"], probabilities, sizes):
+            np.save(self.save_probabilities / f"{name}.npy", p[:, :h, :w])
+
     def predict_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
         """Class-index masks (uint8 when the classes fit) cropped to each image's own size."""
-        preds = self.infer(batch["image"]).argmax(dim=1)
+        sizes = batch.get("size")
+        preds = self.predictions(self.infer(batch["image"]), sizes)
         preds = preds.to(torch.uint8) if self.num_classes <= 256 else preds
-        sizes = batch.get("size") or [tuple(preds.shape[-2:])] * len(preds)
+        sizes = sizes or [tuple(preds.shape[-2:])] * len(preds)
         return {"name": batch["name"], "mask": [p[: h, : w].cpu() for p, (h, w) in zip(preds, sizes)]}
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
