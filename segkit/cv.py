@@ -260,6 +260,37 @@ def report(result: Dict[str, Any], class_names: Sequence[str]) -> str:
 
 
 # ---- the run ----------------------------------------------------------------------------------------------------
+def check_holdout(planned: DictConfig, holdout: Optional[str]) -> None:
+    """Before the first fold trains: the held-out split ``cv.holdout`` exists in the layout and holds images."""
+    if not holdout:
+        return
+    try:
+        samples = instantiate(planned.data.source).samples(holdout)
+    except Exception as exc:  # MissingSplitError, a missing list file ...
+        raise ValueError(f"cv.holdout={holdout}: the layout has no such split ({exc}); name one it has "
+                         "(cv.holdout=val or test) or cv.holdout=null to score the folds on their own validation only") \
+            from None
+    if not samples:
+        raise ValueError(f"cv.holdout={holdout}: that split of the layout holds no images; name another or "
+                         "cv.holdout=null")
+
+
+def check_same_command(cv_dir: Path, overrides: Sequence[str]) -> None:
+    """Resuming into a cross-validation directory: the folds must all come from one configuration."""
+    info_file = cv_dir / CV_FILE
+    if not info_file.is_file():
+        return
+    try:
+        before = json.loads(info_file.read_text()).get("overrides")
+    except (OSError, ValueError):
+        return
+    if before is not None and list(before) != list(overrides):
+        raise ValueError(f"{cv_dir} holds a cross-validation of another command ({' '.join(before)}); this one is "
+                         f"{' '.join(overrides)}. Resume it with the same overrides, or give this configuration its "
+                         "own directory (hydra.run.dir=...) and cv.folds_file=" + str(cv_dir / FOLDS_FILE) +
+                         " to use the same folds")
+
+
 def run_cv(cv_cfg: DictConfig, overrides: Sequence[str], cv_dir: Path,
            compose_train: Callable[[List[str]], DictConfig]) -> Dict[str, Any]:
     """Cross-validate the train config that ``overrides`` compose (see the module doc); returns cv.json's content."""
@@ -277,6 +308,8 @@ def run_cv(cv_cfg: DictConfig, overrides: Sequence[str], cv_dir: Path,
     for line in lines:
         log.info("plan (on the pool, for every fold): %s", line)
     (cv_dir / DATA_FILE).write_text(OmegaConf.to_yaml(planned.data, resolve=True))
+    check_holdout(planned, holdout)
+    check_same_command(cv_dir, overrides)
     data = prepare_folds(cv_cfg, planned, cv_dir)
     allowed = list(base.get("allowed_targets") or ())
     info = {"format": "segkit-cv", "folds": folds, "seed": int(cv_cfg.seed), "pool": "train", "holdout": holdout,

@@ -285,3 +285,26 @@ print("checked")
     args = shlex.split(best["command"].replace("IMAGES", str(ds.predict_dir)).replace("MASKS", str(tmp_path / "pb")))
     Process(tmp_path, "find_best's command").script("predict", *args[2:]).run(timeout=300)
     assert len(list((tmp_path / "pb").glob("*.png"))) == len(list((tmp_path / "pred").glob("*.png")))
+
+
+def test_a_missing_holdout_split_and_a_changed_command_are_refused_before_training(tmp_path):
+    from omegaconf import OmegaConf
+
+    from segkit.cv import CV_FILE, check_holdout, check_same_command
+
+    ds = write_folder(tmp_path / "data", ["rgb8"], np.random.default_rng(3), "class_names.txt", True, n_train=4,
+                      n_val=2)
+    planned = OmegaConf.create({"data": {"source": {"_target_": "segkit.data.sources.FolderSource",
+                                                    "root": str(ds.root)}}})
+    check_holdout(planned, "val")
+    check_holdout(planned, None)
+    with pytest.raises(ValueError, match=r"cv.holdout=test: (the layout has no such split|that split of the layout holds no images).*cv.holdout=null"):
+        check_holdout(planned, "test")
+
+    cv = tmp_path / "cv"
+    check_same_command(cv, ["model=unet"])  # nothing there yet
+    cv.mkdir()
+    (cv / CV_FILE).write_text(json.dumps({"overrides": ["model=unet", "trainer.max_epochs=2"]}))
+    check_same_command(cv, ["model=unet", "trainer.max_epochs=2"])  # the same command: a resume
+    with pytest.raises(ValueError, match=r"holds a cross-validation of another command .*cv.folds_file="):
+        check_same_command(cv, ["model=deeplabv3plus", "trainer.max_epochs=2"])
