@@ -15,8 +15,10 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segkit.checkpoint import AtomicCheckpointIO
 from segkit.config import (check_targets, load_checkpoint, model_config_from_checkpoint, to_plain,
                            upgrade_model_config, without_pretrained_weights)
 from segkit.models.segmenter import load_weights_or_explain
@@ -94,17 +96,30 @@ def dry_run(net: torch.nn.Module, crop_size: Optional[int], batch_size: int = 2)
 
 
 def resolve_resume(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
-    """``ckpt_path=last`` means ``<run dir>/checkpoints/last.ckpt``, which must exist: resuming that silently starts
-    a fresh run would overwrite the run's checkpoints."""
+    """The checkpoint ``train`` resumes from.
+
+    ``last``: ``<run dir>/checkpoints/last.ckpt``, which must exist: resuming that silently starts a fresh run would
+    overwrite the run's checkpoints. ``auto``: the newest of ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_N.ckpt``
+    in the run directory when there is one, else a fresh start (a requeued or restarted job keeps its command)."""
+    if ckpt_path == "auto":
+        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        if not found:
+            rank_zero_info(f"ckpt_path=auto: no checkpoint in {run_dir}; starting afresh")
+            return None
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        rank_zero_info(f"ckpt_path=auto: resuming from {newest}")
+        return str(newest)
     if ckpt_path != "last":
         if ckpt_path and not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint to resume from")
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint to resume from (give a .ckpt file, "
+                                    "last, or auto)")
         return ckpt_path
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise FileNotFoundError(
             f"ckpt_path=last: no {last} to resume from (the run directory is {run_dir}). Resume a run by pointing "
-            "hydra.run.dir at its directory, give ckpt_path=<path to a .ckpt>, or drop ckpt_path to start afresh.")
+            "hydra.run.dir at its directory, give ckpt_path=<path to a .ckpt>, use ckpt_path=auto (resume when "
+            "there is a checkpoint, else start), or drop ckpt_path to start afresh.")
     return str(last)
 
 
@@ -155,10 +170,15 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any
     datamodule = instantiate(cfg.data)
     task = build_task(cfg, datamodule, resuming=bool(ckpt_path))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # checkpoints renamed into place, never half written (unless the config brings its own plugins)
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
     trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_group(cfg.get("callbacks"), "callbacks"),
-                                                      *extra_callbacks], logger=loggers or False)
+                                                      *extra_callbacks], logger=loggers or False, **plugins)
     start = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # stopped from outside; the Preemption callback wrote last.ckpt and said so
+        raise SystemExit(143) from None
     fit_seconds = time.perf_counter() - start
 
     monitored = [c for c in trainer.checkpoint_callbacks if c.monitor]

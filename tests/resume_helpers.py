@@ -6,15 +6,44 @@ import signal
 import lightning as L
 
 
-class KillAtStep(L.Callback):
-    """SIGKILL this process right after optimisation step ``step`` (no cleanup, like a lost machine)."""
+def clean_env(**extra):
+    """This environment without a SLURM job's variables (tests run under SLURM must not requeue the CI job, nor
+    make Lightning pick its SLURM environment), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(extra)
+    return env
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+
+class KillAtStep(L.Callback):
+    """Send ``signal`` to this process once: SIGKILL (the default: no cleanup, like a lost machine) right after
+    optimisation step ``step``; a catchable signal while step ``step`` computes. ``rank``: only that global rank; ``first_attempt_only``: not in a process torchrun restarted
+    (``TORCHELASTIC_RESTART_COUNT`` > 0); ``group``: to the whole process group (DataLoader workers included), as
+    torchrun, Kubernetes and SLURM do (start the run in a session of its own)."""
+
+    def __init__(self, step: int, signal: str = "SIGKILL", rank: int = -1, first_attempt_only: bool = False,
+                 group: bool = False) -> None:
+        self.step, self.signal, self.rank, self.first_attempt_only = step, signal, rank, first_attempt_only
+        self.group, self.sent = group, False
+
+    def _fire(self, trainer):
+        if self.sent or (self.rank >= 0 and trainer.global_rank != self.rank):
+            return
+        if self.first_attempt_only and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            return
+        self.sent = True
+        if self.group:
+            os.killpg(os.getpgrp(), getattr(signal, self.signal))
+        else:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # a catchable signal arrives while step ``step`` computes (the run may finish that step)
+        if self.signal != "SIGKILL" and trainer.global_step >= self.step - 1:
+            self._fire(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.signal == "SIGKILL" and trainer.global_step >= self.step:
+            self._fire(trainer)
 
 
 class LossRecorder(L.Callback):

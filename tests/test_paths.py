@@ -1,6 +1,7 @@
 """The paths real setups take: another dataset at evaluation, grayscale/16-bit/N-band images end to end,
 resuming, several devices. Each test here failed on segkit 0.1."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -205,6 +206,24 @@ def test_resume_last_without_checkpoint_is_refused(tmp_path):
                                                 r"is .*run\)"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_auto_starts_afresh_then_resumes_the_newest_checkpoint(tmp_path):
+    """ckpt_path=auto: no checkpoint in the run directory -> a fresh start; then the newest of last.ckpt and a
+    SLURM hpc_ckpt_N.ckpt (a requeued job keeps its command)."""
+    from segkit.pipeline import resolve_resume
+
+    run = tmp_path / "run"
+    assert resolve_resume("auto", run) is None
+    (run / "checkpoints").mkdir(parents=True)
+    last, hpc = run / "checkpoints" / "last.ckpt", run / "hpc_ckpt_1.ckpt"
+    last.write_bytes(b"x")
+    assert resolve_resume("auto", run) == str(last)
+    hpc.write_bytes(b"x")
+    os.utime(last, (1, 1))
+    assert resolve_resume("auto", run) == str(hpc)
+    os.utime(hpc, (0, 0))
+    assert resolve_resume("auto", run) == str(last)
 
 
 def test_loaders_are_never_resharded_by_lightning(tmp_path):

@@ -393,3 +393,25 @@ def test_defaults_panel_smoke(tmp_path, monkeypatch):
         assert "pass" in result["verdicts"][name]
     text = out.read_text()
     assert "| segkit task.optimizer.lr=0.001 |" in text and "tiny_voc" in text and "voc)" in text
+
+
+@pytest.mark.parametrize("slurm_cpus,expected", [(None, 2), ("8", 8)])
+def test_auto_workers_share_the_cores_unless_slurm_bound_them_to_this_task(monkeypatch, slurm_cpus, expected):
+    """4 GPUs on one node: 8 usable cores are the node's to share (2 loader workers per process), unless they are
+    this SLURM task's own (--cpus-per-task=8: 8 workers)."""
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from segkit.data.datamodule import SegmentationDataModule
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    if slurm_cpus is None:
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm_cpus)
+    dm = SegmentationDataModule.__new__(SegmentationDataModule)
+    dm.num_workers, dm._told_workers = "auto", True
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), num_devices=4)
+    assert dm._workers(SimpleNamespace(_cache=None)) == expected

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from functools import partial
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -13,6 +14,20 @@ from torch.utils.data import DataLoader
 from segkit.data.dataset import SegmentationDataset, channel_stats, pad_collate
 from segkit.data.sampling import SeededSampler, ShardSampler, class_presence, repeat_factors
 from segkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGUSR1: a stop signal sent to the whole process group (torchrun
+    stopping its workers, a Kubernetes eviction, SLURM) is the training process's to handle (it checkpoints, see
+    :class:`segkit.callbacks.Preemption`), and a worker killed by it would end the run first. Workers still end with
+    their loader. Then Lightning's per-worker seeding, which it adds itself only to loaders without an init function."""
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", "0")):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -161,7 +176,8 @@ class SegmentationDataModule(L.LightningDataModule):
         workers = self._workers(dataset)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and workers > 0,
-                          collate_fn=partial(pad_collate, ignore_index=self.ignore_index), drop_last=train)
+                          collate_fn=partial(pad_collate, ignore_index=self.ignore_index), drop_last=train,
+                          worker_init_fn=worker_init)
 
     def _workers(self, dataset: SegmentationDataset) -> int:
         """``num_workers``, with ``auto`` resolved for this dataset and the trainer's device (see the class doc)."""
@@ -170,9 +186,15 @@ class SegmentationDataModule(L.LightningDataModule):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         trainer = self.trainer  # attached by fit/validate through the DataModule, and by segkit's evaluate
         on_gpu = trainer is not None and trainer.strategy.root_device.type != "cpu"
-        if on_gpu:  # the cores are shared by this node's processes, one per device
-            workers = min(8, max(1, cores // trainer.num_devices))
-            why = f"GPU run, {cores} cores for {trainer.num_devices} device(s)"
+        # a SLURM task bound to its --cpus-per-task cores has them to itself; otherwise the cores this process may
+        # use are shared by the node's (or container's) processes, one per device
+        per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        shared = not (per_task.isdigit() and cores <= int(per_task))
+        if on_gpu:
+            per_process = cores // trainer.num_devices if shared else cores
+            workers = min(8, max(1, per_process))
+            why = (f"GPU run, {cores} cores for {trainer.num_devices} device(s)" if shared else
+                   f"GPU run, {cores} cores bound to this SLURM task")
         elif dataset._cache is not None:
             workers, why = 0, "CPU run, images decoded once and held in memory"
         else:

@@ -97,6 +97,7 @@ class SeededSampler(_RankAware):
         self.dataset_size = self.num_samples_total
         self.num_samples_total = max(self.dataset_size, int(min_samples))
         self.seed, self.shuffle = int(seed), shuffle
+        self.resume_at: Optional[Tuple[int, int]] = None  # (epoch, samples this rank already trained on)
         self.weights = None
         if weights is not None:
             self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
@@ -121,7 +122,18 @@ class SeededSampler(_RankAware):
         seeds = torch.randint(0, 2 ** 31 - 1, (n,), generator=g)
         rank, world = self.rank, self.num_replicas
         picks = range(rank, (n // world) * world, world)
+        if self.resume_at is not None:  # once: the rest of an epoch interrupted mid-way
+            epoch, done = self.resume_at
+            self.resume_at = None
+            if epoch == self.epoch:
+                picks = picks[done:]
         return iter([(int(order[i]), int(seeds[i])) for i in picks])
+
+    def resume(self, epoch: int, samples: int) -> None:
+        """The next pass over ``epoch`` leaves out the first ``samples`` of this rank's order for it: a run resumed
+        from a checkpoint written mid-epoch trains on the rest of that epoch, nothing seen twice or skipped. The
+        sampler's length is unchanged (Lightning's epoch length, and so the schedule, stay those of the run)."""
+        self.resume_at = (int(epoch), int(samples))
 
 
 class ShardSampler(_RankAware):
