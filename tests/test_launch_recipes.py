@@ -1,6 +1,7 @@
 """The launch recipes of docs/launch/, run as written where this machine can: the SLURM batch script under a
 stand-in ``srun``/``scontrol`` (SLURM's environment variables for one task, as srun sets them; Lightning's SLURM
-environment is the real one), and the Kubeflow PyTorchJob's training command composed by Hydra."""
+environment is the real one), and the Kubeflow PyTorchJob's training command composed by Hydra (no cluster here:
+its runtime is not exercised)."""
 import json
 import os
 import stat
@@ -66,7 +67,7 @@ def test_the_slurm_script_checkpoints_requeues_and_resumes(tmp_path, shared_data
     assert record.read_text().split() == ["requeue", "4242"]  # a finished job is not requeued
 
 
-def test_the_pytorchjob_runs_a_segkit_training_command(tmp_path):
+def test_the_pytorchjob_command_composes_into_a_two_node_ddp_config(tmp_path):
     job = yaml.safe_load((LAUNCH / "pytorchjob.yaml").read_text())
     assert job["kind"] == "PyTorchJob"
     specs = job["spec"]["pytorchReplicaSpecs"]
