@@ -195,6 +195,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any
         from segkit.metrics import format_table
         rank_zero_info(f"final validation ({best or 'last weights'}):\n{format_table(metrics)}")
         rank_zero_info(f"run directory: {run_dir}")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every rank done, then the process group closed before the interpreter exits (left to the interpreter's
+        # shutdown, gloo's threads sometimes abort a rank: "terminate called without an active exception")
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return metrics
 
 
