@@ -144,6 +144,7 @@ class Preemption(L.Callback):
         self._pid = os.getpid()
         self._previous: dict = {}
         self._saved_world_size: Optional[int] = None
+        self._trainer: Optional[L.Trainer] = None
 
     # -- signals ----------------------------------------------------------------------------------------------
     def _install(self, signums: Sequence[int]) -> None:
@@ -164,8 +165,7 @@ class Preemption(L.Callback):
             return
         if self.received is None:
             self.received = signal.Signals(signum).name
-            trainer = getattr(self, "_trainer", None)
-            launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
+            launcher = self._trainer.strategy.launcher if self._trainer is not None else None
             if launcher is not None:  # ranks Lightning started as subprocesses of this one: pass the notice on
                 launcher.kill(signal.SIGTERM)
 
@@ -235,8 +235,7 @@ class Preemption(L.Callback):
         loop = trainer.fit_loop
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
-        resumed = loop.restarting or loop.is_resuming or trainer.ckpt_path is not None
-        if not resumed or not isinstance(sampler, SeededSampler):
+        if trainer.ckpt_path is None or not isinstance(sampler, SeededSampler):  # not a resumed run
             return
         epoch = loop.epoch_progress.current.processed
         sampler.set_epoch(epoch)

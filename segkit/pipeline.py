@@ -101,8 +101,9 @@ def resolve_resume(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
     ``last``: ``<run dir>/checkpoints/last.ckpt``, which must exist: resuming that silently starts a fresh run would
     overwrite the run's checkpoints. ``auto``: the newest of ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_N.ckpt``
     in the run directory when there is one, else a fresh start (a requeued or restarted job keeps its command)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
     if ckpt_path == "auto":
-        found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        found = [p for p in [last, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
         if not found:
             rank_zero_info(f"ckpt_path=auto: no checkpoint in {run_dir}; starting afresh")
             return None
@@ -114,7 +115,6 @@ def resolve_resume(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint to resume from (give a .ckpt file, "
                                     "last, or auto)")
         return ckpt_path
-    last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise FileNotFoundError(
             f"ckpt_path=last: no {last} to resume from (the run directory is {run_dir}). Resume a run by pointing "
