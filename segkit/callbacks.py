@@ -235,6 +235,16 @@ class Preemption(L.Callback):
         loop = trainer.fit_loop
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
+        pending = getattr(loop, "_combined_loader_states_to_load", None)
+        if trainer.ckpt_path is not None and pending and loop._combined_loader is not None:
+            # a stateful loader (data=streaming: litdata's, which saves its position). Lightning loads its state when
+            # it builds the loader after the restore, but the scheduler's trainer.estimated_stepping_batches built it
+            # before, so the state was never loaded and a resumed run started the epoch over, one epoch's order
+            # behind. Load it now and remake the iterator from it.
+            loop._combined_loader._load_state_dicts(pending)
+            loop._combined_loader_states_to_load = []
+            iter(loop._data_fetcher)
+            return
         if trainer.ckpt_path is None or not isinstance(sampler, SeededSampler):  # not a resumed run
             return
         epoch = loop.epoch_progress.current.processed

@@ -343,7 +343,7 @@ def write_evaluation_report(output_dir: Path, summary: Dict[str, Any], confusion
     from segkit.analysis.html_report import worst_images, write_report
 
     worst = worst_images(task.per_image or [], count=count)
-    index = {p.stem: i for i, (p, _) in enumerate(dataset.samples)}
+    index = {name: i for i, name in enumerate(dataset.names())}
     task.to(trainer.strategy.root_device).eval()
     for item in worst:
         image, truth = dataset.load(index[item["name"]])

@@ -1,6 +1,8 @@
 """LightningDataModule: a source (layout), albumentations pipelines from config, seeded loaders."""
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import signal
 from functools import partial
@@ -28,6 +30,24 @@ def worker_init(worker_id: int) -> None:
         from lightning.fabric.utilities.seed import pl_worker_init_function
 
         pl_worker_init_function(worker_id)
+
+
+def _kill_workers_at_exit() -> None:
+    """DataLoader workers ignore SIGTERM (:func:`worker_init`), which is how multiprocessing ends daemonic children
+    when the interpreter exits: a run that stops with a loader's workers still up (an error raised while they run,
+    with the iterator still referenced) would wait for them forever. At exit they get SIGKILL instead; registered
+    after multiprocessing's own exit handler, so it runs first."""
+    if hasattr(signal, "SIGCHLD"):  # torch's handler would report the killed workers as failed, at exit
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon and child.pid:
+            try:
+                os.kill(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+atexit.register(_kill_workers_at_exit)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -127,6 +147,8 @@ class SegmentationDataModule(L.LightningDataModule):
             dataset = self.dataset("train")
         except Exception:  # no train split (evaluation-only data): the spec comes from the checkpoint anyway
             return False
+        if getattr(dataset, "streamed", False):  # measured when the shards were written
+            return self.source.bit_depth() > 8
         if dataset._cache is not None:
             return any(image.dtype.kind == "f" for image, _ in dataset._cache)
         return any(reads_as_float(path) for path, _ in dataset.samples)
@@ -134,6 +156,10 @@ class SegmentationDataModule(L.LightningDataModule):
     # ---- datasets and loaders ------------------------------------------------------------------------------
     def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
         key = f"{split}:{train}"
+        if key not in self._datasets and hasattr(self.source, "dataset"):  # streamed shards (data=streaming)
+            self._datasets[key] = self.source.dataset(
+                split, self.num_classes, self.ignore_index, self.train_transform if train else self.eval_transform,
+                self.in_channels, seed=self.seed, shuffle=train)
         if key not in self._datasets:
             base = self._datasets.get(f"{split}:{not train}")
             if base is not None:  # the same files with the other transform: share the decoded cache
@@ -150,7 +176,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._datasets[key]
 
     def _maybe_preload(self, dataset: SegmentationDataset) -> None:
-        if dataset._cache is not None or self.cache is False:
+        if dataset._cache is not None or self.cache is False or getattr(dataset, "streamed", False):
             return
         if self.cache == "auto" and dataset.decoded_bytes_estimate() > self.cache_limit_mb * 2 ** 20:
             return
@@ -159,6 +185,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def _loader(self, dataset: SegmentationDataset, batch_size: int, train: bool) -> DataLoader:
         # Samplers are rank-aware DistributedSampler subclasses, so the order depends only on (seed, epoch, rank):
         # exact resume, no duplicated evaluation samples under DDP, and Lightning never shards a second time.
+        if getattr(dataset, "streamed", False):
+            return self._streamed_loader(dataset, batch_size, train)
         self._maybe_preload(dataset)
         if train:
             weights = self._sample_weights(dataset) if self.sampling == "repeat_factor" else None
@@ -178,6 +206,40 @@ class SegmentationDataModule(L.LightningDataModule):
                           pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and workers > 0,
                           collate_fn=partial(pad_collate, ignore_index=self.ignore_index), drop_last=train,
                           worker_init_fn=worker_init)
+
+    def _streamed_loader(self, dataset: Any, batch_size: int, train: bool) -> DataLoader:
+        """Training: litdata's StreamingDataLoader (shuffled chunks split across ranks and workers; its position is
+        in every checkpoint, so a resumed run finishes the epoch it stopped in). Evaluation: every sample once, by
+        index, in the rank-aware order of the other layouts (no sample dropped or repeated under DDP)."""
+        from segkit.data.streaming import IndexedSplit
+
+        workers = self._workers(dataset)
+        collate = partial(pad_collate, ignore_index=self.ignore_index)
+        if not train:
+            return DataLoader(IndexedSplit(dataset), batch_size=batch_size, sampler=ShardSampler(dataset.total),
+                              num_workers=workers, pin_memory=self.pin_memory, collate_fn=collate,
+                              worker_init_fn=worker_init)
+        if self.sampling != "uniform":
+            raise ValueError(f"data.sampling={self.sampling} draws images by index; streamed data is read in shuffled "
+                             "chunks: set data.sampling=uniform")
+        from segkit.data.streaming import StreamLoader
+
+        world = int(getattr(self.trainer, "world_size", 1) or 1)
+        if dataset.total < batch_size * world:
+            raise ValueError(f"data.batch_size={batch_size}: the streamed training split has {dataset.total} samples, "
+                             f"fewer than one batch per device ({world} device(s)); lower data.batch_size")
+        # persistent workers would keep the dataset copy of the first epoch (litdata sets the epoch in this process)
+        return StreamLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=self.pin_memory,
+                            collate_fn=collate, drop_last=True, worker_init_fn=worker_init,
+                            batches_done=self._batches_done)
+
+    def _batches_done(self) -> Optional[int]:
+        """Training batches of the current epoch that finished (a checkpoint written inside on_train_batch_end
+        counts that batch), or None outside fit."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return None
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def _workers(self, dataset: SegmentationDataset) -> int:
         """``num_workers``, with ``auto`` resolved for this dataset and the trainer's device (see the class doc)."""

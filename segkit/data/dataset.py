@@ -39,6 +39,10 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def names(self) -> List[str]:
+        """Every sample's name (its image's file stem), in index order."""
+        return [image.stem for image, _ in self.samples]
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw image and validated class-index mask, before augmentation."""
         if self._cache is not None:

@@ -1,6 +1,7 @@
 """Reading images and index masks correctly, with errors that name the file and the fix."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,10 +24,11 @@ def _check_file(path: Path, what: str) -> Path:
     return path
 
 
-def _open(path: Path, what: str) -> Image.Image:
-    path = _check_file(path, what)
+def _open(path: Path, what: str, data: Optional[bytes] = None) -> Image.Image:
+    if data is None:
+        path = _check_file(path, what)
     try:
-        img = Image.open(path)
+        img = Image.open(path if data is None else io.BytesIO(data))
         img.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"cannot decode {what} {path} ({exc}); the file is truncated or not an image") from None
@@ -38,19 +40,24 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 
 
-def png_is_16bit_colour(path: Path) -> bool:
-    """Whether ``path`` is a PNG of 16-bit RGB or RGBA (colour types 2 and 6 at bit depth 16), which PIL opens as
-    8-bit RGB, keeping only the high byte of every value (a 12-bit microscope's 0-4095 becomes 0-15)."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+def png_is_16bit_colour(path: Path, data: Optional[bytes] = None) -> bool:
+    """Whether ``path`` (or its bytes, ``data``) is a PNG of 16-bit RGB or RGBA (colour types 2 and 6 at bit depth
+    16), which PIL opens as 8-bit RGB, keeping only the high byte of every value (a 12-bit microscope's 0-4095
+    becomes 0-15)."""
+    if data is not None:
+        head = bytes(data[:26])
+    else:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
 
 
-def _decode_16bit_png(path: Path) -> np.ndarray:
+def _decode_16bit_png(path: Path, data: Optional[bytes] = None) -> np.ndarray:
     """A 16-bit RGB(A) PNG as ``(H, W, 3|4)`` uint16, through OpenCV (which albumentations already brings)."""
     import cv2
 
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if data is None else \
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.dtype != np.uint16 or arr.ndim != 3:
         raise DataError(f"cannot decode the 16-bit colour PNG {path}; the file is truncated or not a PNG")
     return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
@@ -77,17 +84,20 @@ def reads_as_float(path: Path) -> bool:
         return False
 
 
-def _decode_image(path: Path) -> np.ndarray:
-    """The stored pixels as ``(H, W, C)`` in their own dtype (uint8, uint16, int32 or float32)."""
+def _decode_image(path: Path, data: Optional[bytes] = None) -> np.ndarray:
+    """The stored pixels as ``(H, W, C)`` in their own dtype (uint8, uint16, int32 or float32). ``data``: the file's
+    bytes (a streamed shard's), decoded as the file ``path`` names would be."""
     path = Path(path)
-    if path.suffix.lower() == ".png" and _check_file(path, "image") and png_is_16bit_colour(path):
-        arr = _decode_16bit_png(path)
+    if path.suffix.lower() == ".png" and (data is not None or _check_file(path, "image")) \
+            and png_is_16bit_colour(path, data):
+        arr = _decode_16bit_png(path, data)
     elif path.suffix.lower() in TIFF_SUFFIXES:  # multi-band and 16-bit TIFFs: PIL misreads them (4 x 16-bit -> RGBA)
         import tifffile
 
-        _check_file(path, "image")
+        if data is None:
+            _check_file(path, "image")
         try:
-            with tifffile.TiffFile(path) as tif:
+            with tifffile.TiffFile(path if data is None else io.BytesIO(data)) as tif:
                 series = tif.series[0]
                 arr, axes = np.asarray(series.asarray()), series.axes
         except Exception as exc:  # tifffile raises many types for broken files
@@ -95,7 +105,7 @@ def _decode_image(path: Path) -> np.ndarray:
         if arr.ndim == 3 and axes[-2:] == "YX":
             arr = arr.transpose(1, 2, 0)  # planar (C, H, W), as multi-band GeoTIFFs store it -> (H, W, C)
     else:
-        img = _open(path, "image")
+        img = _open(path, "image", data)
         if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
             img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
         elif img.mode == "LA":
@@ -108,15 +118,16 @@ def _decode_image(path: Path) -> np.ndarray:
     return arr
 
 
-def read_image(path: Path, channels: Optional[int] = None) -> np.ndarray:
+def read_image(path: Path, channels: Optional[int] = None, data: Optional[bytes] = None) -> np.ndarray:
     """An ``(H, W, C)`` array: uint8 for 8-bit files; float32 in 0-1 for 16-bit and 32-bit integer files (divided by
     65535); float32 as stored for float files. EXIF orientation applied.
 
     ``channels`` (``data.in_channels``) is what the model takes: ``None`` keeps the file's channels; a grayscale file
     read for a 3-channel model is repeated to RGB; an RGB(A) file read for a 1-channel model becomes its luminance
     (ITU-R 601); an RGBA file read for a 3-channel model drops alpha. Any other mismatch is a ``DataError``.
+    ``data``: the file's bytes, already read (a streamed shard's); ``path`` then only names it.
     """
-    arr = _decode_image(path)
+    arr = _decode_image(path, data)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype in (np.uint16, np.int16, np.int32, np.uint32):
@@ -140,11 +151,11 @@ def read_image(path: Path, channels: Optional[int] = None) -> np.ndarray:
                     f"(the model's in_channels follows it) or convert the image")
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, data: Optional[bytes] = None) -> np.ndarray:
     """An ``(H, W)`` integer array of class indices: uint8 for 8-bit masks, int64 for 16/32-bit ones. Palette
     PNGs give their indices (not colours); RGB colour masks are refused unless all three channels are equal (a
-    grey mask saved as RGB)."""
-    img = _open(path, "mask")
+    grey mask saved as RGB). ``data``: the file's bytes, already read (``path`` then only names it)."""
+    img = _open(path, "mask", data)
     if img.mode in ("P", "L"):
         return np.asarray(img, dtype=np.uint8)
     if img.mode in ("I", "I;16", "I;16B", "I;16L"):

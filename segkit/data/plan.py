@@ -473,7 +473,10 @@ def plan_from_config(cfg: DictConfig, source: Any, max_images: Optional[int] = 1
         return lines
     data = cfg.data
     num_classes = 0 if _is_auto(data.get("num_classes")) else int(data.num_classes)
-    stats = measure(source, "train", num_classes, data.get("ignore_index"), max_images=max_images)
+    if hasattr(source, "stats"):  # streamed shards: measured when they were written, nothing to read now
+        stats = source.stats("train", num_classes, data.get("ignore_index"))
+    else:
+        stats = measure(source, "train", num_classes, data.get("ignore_index"), max_images=max_images)
     return lines + resolve_auto(cfg, stats)
 
 
