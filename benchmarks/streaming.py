@@ -1,6 +1,6 @@
 """Streamed shards (data=streaming, litdata) against the folder layout, on the same generated images:
 
-  - conversion speed: scripts/shard.py's write_shards (images/s, the plan's statistics included);
+  - conversion speed: scripts/shard.py as a user runs it (images/s, the plan's statistics included);
   - loader throughput: images/s out of the data module's training loader (decode, flip, collate), 0/2/4 workers,
     the two layouts interleaved (ABBA) in one process;
   - loader memory: proportional set size (PSS: shared pages counted once) of the loading process and its workers
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, machine, median  # noqa: E402
 
 from segkit.data import FolderSource, SegmentationDataModule  # noqa: E402
-from segkit.data.streaming import StreamingSource, write_shards  # noqa: E402
+from segkit.data.streaming import StreamingSource  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_folder(root: Path, n: int, size: int, start: int = 0) -> None:
@@ -134,10 +136,12 @@ def main() -> None:
            "image_size": args.size, "batch": args.batch}
     conversions = {}
     for n in sorted({args.images, *args.memory_sizes}):
-        start = time.perf_counter()
-        write_shards(FolderSource(str(folder_of(n)), val_ratio=0.0), str(tmp / f"shards{n}"), splits=["train"],
-                     log=lambda _: None)
-        took = time.perf_counter() - start
+        # the user's command, in a process of its own (litdata's conversion leaves threads behind that a forked
+        # DataLoader worker must not inherit); its own timing, from reading the config to the last chunk written
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "shard.py"), "data=folder",
+                               f"data.source.root={folder_of(n)}", "data.source.val_ratio=0", "splits=[train]",
+                               f"out={tmp / f'shards{n}'}"], capture_output=True, text=True, check=True)
+        took = float(re.search(r" in ([0-9.]+) s ", proc.stdout).group(1))
         conversions[n] = {"seconds": round(took, 1), "images_per_s": round(n / took)}
         print(f"conversion of {n} images: {took:.1f} s, {n / took:.0f} images/s")
     out["conversion"] = conversions
