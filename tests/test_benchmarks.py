@@ -14,6 +14,8 @@ RUNS = {
     "evaluation.py": (["--size", "64", "--window", "32", "--images", "1"], "| slide 32, stride 16 |"),
     "data_pipeline.py": (["--images", "16", "--crop", "64", "--workers", "0", "--model-batches", "1"],
                          "model consumption"),
+    "streaming.py": (["--images", "32", "--memory-sizes", "32", "--batch", "8", "--batches", "2", "--repeats",
+                      "1", "--workers", "0", "--no-save"], "| images | conversion s |"),
     "fast_path.py": (["--device", "cpu", "--size", "32", "--batch", "2", "--steps", "6", "--models", "UNet-R34"],
                      "| UNet-R34 (fp32 reference) |"),
 }

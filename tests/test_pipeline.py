@@ -36,6 +36,16 @@ def test_every_config_option_composes_and_instantiates(group, option, tmp_path, 
         return
     if group == "data" and option == "folder":
         extra = ["data.source.root=/nonexistent"]
+    if group == "data" and option == "streaming":  # the layout reads its shards' segkit.json when built
+        pytest.importorskip("litdata")
+        from segkit.data import FolderSource
+        from segkit.data.streaming import write_shards
+        from test_streaming import make_folder
+
+        shards = tmp_path / "shards"
+        write_shards(FolderSource(str(make_folder(tmp_path / "folder", 4, 2))), str(shards), num_workers=1,
+                     log=lambda _: None)
+        extra = [f"data.source.root={shards}"]
     cfg = compose_cfg("train", [f"{group}={option}", *extra], tmp_path)
     # layouts and data/augment=auto: `auto` values as train() would plan them (labels from the layout's source)
     fill_planned(cfg, instantiate(cfg.data.source) if "root" in cfg.data.source else None)
@@ -54,7 +64,7 @@ def test_every_config_option_composes_and_instantiates(group, option, tmp_path, 
             assert isinstance(task.optimizer_factory(net.parameters()), torch.optim.Optimizer)
         return
     node = {"data/augment": "data", "model/upsampler": "model"}.get(group, group)
-    if node == "data" and option in ("voc", "cityscapes", "folder"):
+    if node == "data" and option in ("voc", "cityscapes", "folder", "streaming"):
         dm = instantiate(cfg.data)
         assert dm.num_classes == cfg.data.num_classes == len(dm.class_names)
         assert cfg.data.train_transform.transforms is not None

@@ -265,3 +265,22 @@ def test_shards_in_object_storage(tmp_path, dataset, s3_server):
     missing = _run(tmp_path, "train.py", "data=streaming", "data.source.root=s3://segkit-data/nothing",
                    *SMALL_MODEL, f"hydra.run.dir={tmp_path / 'x'}", env=s3_server)
     assert missing.returncode != 0 and "s3://segkit-data/nothing/segkit.json not found" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_broken_streamed_sample_fails_the_run_with_its_name(tmp_path, dataset):
+    """A sample that does not decode, read in a DataLoader worker: the run exits 1 naming it, and does not hang at
+    exit (workers ignore SIGTERM, which is how multiprocessing ends them when the interpreter exits)."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    (broken / "images" / "s005.png").write_bytes(b"not a png")
+    out = tmp_path / "shards"
+    # the plan's statistics measured on 2 images (s000 and s015): the broken one is first read by training
+    write_shards(FolderSource(str(broken)), str(out), max_images=2, num_workers=1, log=lambda _: None)
+    proc = _run(tmp_path, "train.py", "data=streaming", f"data.source.root={out}", *SMALL_MODEL,
+                "trainer.max_epochs=1", "data.batch_size=4", "data.num_workers=1",
+                f"hydra.run.dir={tmp_path / 'run'}", timeout=180)
+    assert proc.returncode == 1
+    assert "cannot decode image" in proc.stderr and "s005.png" in proc.stderr

@@ -338,7 +338,7 @@ def resolve_labels(cfg: DictConfig, source: Any) -> List[str]:
     if "data.class_names" in pending:
         names, palette, where = getattr(source, "class_names", None), getattr(source, "palette", None), None
         if names is not None:
-            where = f"the {type(source).__name__} layout defines them"
+            where = getattr(source, "class_names_origin", None) or f"the {type(source).__name__} layout defines them"
         else:
             path = class_list_file(source)
             if path is not None:

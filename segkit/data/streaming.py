@@ -241,6 +241,7 @@ class StreamingSource:
         self.shuffle_window = shuffle_window
         self.meta = read_meta(self.root, self.storage_options)
         self.class_names = self.meta.get("class_names")
+        self.class_names_origin = f"the dataset's class list, stored with the shards in {META_FILE}"
         self.palette = self.meta.get("palette")
         label_map = self.meta.get("label_map")
         self.label_map = {int(k): int(v) for k, v in label_map.items()} if label_map else None
