@@ -21,10 +21,17 @@ def main(cfg: DictConfig) -> None:
                             "the data is in (data=folder, voc, cityscapes)")
         splits = list(cfg.splits) if cfg.splits else None
         storage = OmegaConf.to_container(cfg.storage_options) or None
+        names = cfg.data.get("class_names")  # a list the data config gives (an experiment's) is stored too
+        names = list(names) if names is not None and not isinstance(names, str) else None
+        palette = cfg.data.get("palette")
+        palette = [list(c) for c in palette] if names is not None and palette is not None else None
         meta = write_shards(source, cfg.out, splits, str(cfg.chunk_bytes), cfg.num_workers, cfg.data.ignore_index,
-                            bool(cfg.overwrite), storage, cfg.max_images)
+                            bool(cfg.overwrite), storage, cfg.max_images, class_names=names, palette=palette)
     except DataError as exc:  # bad data or output: the message names it and the fix
         sys.exit(f"error: {exc}")
+    except RuntimeError as exc:  # litdata re-raises a conversion worker's error as a RuntimeError holding its text
+        sys.exit(f"error: the conversion failed ({str(exc).strip().splitlines()[-1]}); nothing was written as a "
+                 f"finished dataset (no segkit.json in {cfg.out})")
     total = sum(meta["splits"].values())
     took = time.perf_counter() - start
     print(f"wrote {total} samples ({', '.join(f'{k} {v}' for k, v in meta['splits'].items())}) to {cfg.out} in "

@@ -46,7 +46,14 @@ def plan_pool(base: DictConfig) -> Tuple[DictConfig, List[str]]:
     from segkit.data.plan import plan_from_config, planned_keys
 
     planned = copy.deepcopy(base)
-    lines = plan_from_config(planned, instantiate(planned.data.source)) if planned_keys(planned) else []
+    source = instantiate(planned.data.source)
+    if hasattr(source, "stats"):  # data=streaming: folds are drawn over files by index
+        from segkit.data.io import DataError
+
+        raise DataError(f"cross-validation needs a layout of image files (data=folder, voc, ...); "
+                        f"data.source.root={planned.data.source.root} is streamed shards: run cv.py on the dataset "
+                        "they were written from")
+    lines = plan_from_config(planned, source) if planned_keys(planned) else []
     return planned, lines
 
 

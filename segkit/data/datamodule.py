@@ -237,7 +237,8 @@ class SegmentationDataModule(L.LightningDataModule):
         """Training batches of the current epoch that finished (a checkpoint written inside on_train_batch_end
         counts that batch), or None outside fit."""
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        # a checkpoint written at a mid-epoch validation is a fit checkpoint too (trainer.training is False then)
+        if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
             return None
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 

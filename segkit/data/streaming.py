@@ -105,6 +105,10 @@ def _split_samples(source: Any, splits: Optional[Sequence[str]]) -> Dict[str, Li
                 raise DataError(f"the {split} split has two images named {name!r} ({names[name]} and {image}); "
                                 "sample names must be unique within a split")
             names[name] = str(image)
+            for path, what in ((image, "image"), (mask, "mask")):
+                if path is not None and not (Path(path).is_file() and Path(path).stat().st_size > 0):
+                    raise DataError(f"the {split} split's {what} {path} is missing or empty; fix the file, or "
+                                    f"write only the other splits (splits=[...])")
             rows.append((str(image), str(mask) if mask is not None else None, name))
         out[split] = rows
     if "train" not in out and not splits:
@@ -140,7 +144,8 @@ def _write_meta(output: str, meta: Dict[str, Any], storage_options: Optional[dic
 def write_shards(source: Any, output: str, splits: Optional[Sequence[str]] = None, chunk_bytes: str = "64MB",
                  num_workers: Optional[int] = None, ignore_index: Optional[int] = 255, overwrite: bool = False,
                  storage_options: Optional[dict] = None, max_images: Optional[int] = 1000,
-                 log: Callable[[str], None] = print) -> Dict[str, Any]:
+                 log: Callable[[str], None] = print, class_names: Optional[Sequence[str]] = None,
+                 palette: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Any]:
     """Write every split of ``source`` (a segkit layout) to ``output`` (a folder or an ``s3://`` URL) as litdata
     shards, then ``segkit.json``; return that metadata. ``splits``: the splits to write (default: all the layout has).
     The plan's statistics are measured on up to ``max_images`` evenly spread training images, as training would.
@@ -156,12 +161,19 @@ def write_shards(source: Any, output: str, splits: Optional[Sequence[str]] = Non
         raise DataError(f"{output} already holds a streamed dataset ({META_FILE}); pass overwrite=true to replace it, "
                         "or another output")
     rows = _split_samples(source, splits)
+    if overwrite and _exists(meta_path, storage_options):  # an interrupted overwrite must not read as the old data
+        if is_remote(output):
+            from litdata.streaming.fs_provider import _get_fs_provider
+
+            _get_fs_provider(meta_path, storage_options).delete_file_or_directory(meta_path)
+        else:
+            Path(meta_path).unlink()
     label_map = getattr(source, "label_map", None)
     stats = None
     if "train" in rows:
         stats = measure(source, "train", 0, ignore_index, max_images=max_images).to_dict()
-        stats.pop("extra", None)
-    names, palette = getattr(source, "class_names", None), getattr(source, "palette", None)
+    names = class_names if class_names is not None else getattr(source, "class_names", None)
+    palette = palette if palette is not None else getattr(source, "palette", None)
     if names is None and class_list_file(source) is not None:
         from segkit.data.classnames import read_class_names
 
@@ -239,6 +251,7 @@ class StreamingSource:
         self.cache_dir = str(Path(cache_dir).expanduser()) if cache_dir else None
         self.storage_options = dict(storage_options or {})
         self.shuffle_window = shuffle_window
+        _litdata()  # the extra is needed to read any shards: say so now, not at the first batch
         self.meta = read_meta(self.root, self.storage_options)
         self.class_names = self.meta.get("class_names")
         self.class_names_origin = f"the dataset's class list, stored with the shards in {META_FILE}"
