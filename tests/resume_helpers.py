@@ -57,6 +57,17 @@ class LossRecorder(L.Callback):
             f.write(json.dumps([trainer.global_step, float(outputs["loss"])]) + "\n")
 
 
+def read_losses(path):
+    """``{step: [loss, ...]}`` from a :class:`LossRecorder` file (a step run twice, before a kill and after the resume,
+    has two entries)."""
+    out = {}
+    with open(path) as f:
+        for line in f.read().splitlines():
+            step, loss = json.loads(line)
+            out.setdefault(step, []).append(loss)
+    return out
+
+
 class SampleRecorder(L.Callback):
     """Append ``[stage, epoch, rank, name]`` per sample seen to a JSON-lines file (one file per rank)."""
 

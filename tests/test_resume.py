@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_DATA
-from resume_helpers import clean_env
+from resume_helpers import clean_env, read_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,28 +30,20 @@ def _train(tmp_path, run_dir, data_dir, *extra):
                           start_new_session=True)
 
 
-def _losses(path):
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        step, loss = json.loads(line)
-        out.setdefault(step, []).append(loss)
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, shared_data_dir):
     """The uninterrupted run: 32 images / batch 8 = 4 steps per epoch, 3 epochs."""
     tmp = tmp_path_factory.mktemp("resume-reference")
     ref = _train(tmp, tmp / "a", shared_data_dir)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    losses = _losses(f"{tmp / 'a'}.losses")
+    losses = read_losses(f"{tmp / 'a'}.losses")
     assert sorted(losses) == list(range(1, 13))
     return losses, torch.load(tmp / "a" / "checkpoints" / "last.ckpt", weights_only=True)
 
 
 def _assert_same_run(reference, run_dir, unrecorded=()):
     ref_losses, ref_final = reference
-    run_losses = _losses(f"{run_dir}.losses")
+    run_losses = read_losses(f"{run_dir}.losses")
     assert sorted(run_losses) == sorted(set(ref_losses) - set(unrecorded))
     for step, losses in run_losses.items():
         assert all(loss == ref_losses[step][0] for loss in losses), (step, losses, ref_losses[step])

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import compose_cfg
-from resume_helpers import clean_env
+from resume_helpers import clean_env, read_losses
 
 pytest.importorskip("litdata")
 
@@ -185,14 +185,6 @@ def test_ddp_on_shards_sees_each_sample_once_and_validates_like_one_process(tmp_
     assert ddp["per_class_iou"] == pytest.approx(one["per_class_iou"], abs=1e-6)
 
 
-def _losses(path):
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        step, loss = json.loads(line)
-        out.setdefault(step, []).append(loss)
-    return out
-
-
 @pytest.mark.slow
 def test_a_preempted_streamed_run_resumes_mid_epoch_exactly(tmp_path, shards):
     """SIGTERM to the process group (worker included) at step 6 of 12: the run writes the loader's position with the
@@ -206,7 +198,7 @@ def test_a_preempted_streamed_run_resumes_mid_epoch_exactly(tmp_path, shards):
 
     ref = train(tmp_path / "a")
     assert ref.returncode == 0, ref.stderr[-3000:]
-    reference = _losses(f"{tmp_path / 'a'}.losses")
+    reference = read_losses(f"{tmp_path / 'a'}.losses")
     assert sorted(reference) == list(range(1, 13))  # 16 samples / 4 = 4 steps per epoch
     b = tmp_path / "b"
     stopped = train(b, "+callbacks.kill._target_=resume_helpers.KillAtStep", "+callbacks.kill.step=6",
@@ -214,7 +206,7 @@ def test_a_preempted_streamed_run_resumes_mid_epoch_exactly(tmp_path, shards):
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     resumed = train(b, "ckpt_path=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    losses = _losses(f"{b}.losses")
+    losses = read_losses(f"{b}.losses")
     assert sorted(losses) == [s for s in range(1, 13) if s != 6]  # step 6 ran, stopped before its recorder
     for step, values in losses.items():
         assert values == [reference[step][0]], (step, values, reference[step])
